@@ -1,0 +1,150 @@
+"""Train-step and denoise-step time of our Unet3D vs. lucidrains' video-diffusion-pytorch, in the same process.
+
+    uv run benchmarks/model_speed.py                                   # ours only
+    uv run --with video-diffusion-pytorch==0.7.0 benchmarks/model_speed.py   # side by side (peer never enters uv.lock)
+
+Default = the seed config (dim 64, mults 1,2,4,8, 5 frames of 32x32, batch 2, 768-d text). Both models get the same
+input; a train step is forward + L1 loss + backward + Adam step. A guided denoise step is one forward of the
+conditional and unconditional branch (batch 2 -> 4 rows): ours batched, the peer's as its `forward_with_cond_scale`
+does it (two forwards). Rounds alternate between the models and the median is reported, so background load hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_ours(args):
+    from t2v_model import Unet3D, UnetConfig
+
+    cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim)
+    model = Unet3D(cfg)
+
+    def forward(x, t, text):
+        return model(x, t, text)
+
+    def guided(x, t, text):
+        # cond + uncond in ONE batched forward, as TextToVideo.generate does
+        drop = torch.cat((torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.bool)))
+        out = model(torch.cat((x, x)), torch.cat((t, t)), torch.cat((text, text)), drop_text=drop)
+        cond, uncond = out.chunk(2)
+        return uncond + 3.0 * (cond - uncond)
+
+    return model, forward, guided
+
+
+def build_peer(args):
+    from video_diffusion_pytorch import Unet3D as PeerUnet3D
+
+    model = PeerUnet3D(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim)
+
+    def forward(x, t, text):
+        return model(x, t, cond=text)
+
+    def guided(x, t, text):
+        return model.forward_with_cond_scale(x, t, cond=text, cond_scale=3.0)
+
+    return model, forward, guided
+
+
+def measure(model, forward, guided, inputs, reps: int):
+    x, t, text = inputs
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        loss = (forward(x, t, text) - x).abs().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def denoise_step():
+        with torch.inference_mode():
+            guided(x, t, text)
+
+    model.train()
+    train = timed(train_step, reps)
+    model.eval()
+    denoise = timed(denoise_step, reps)
+    return train, denoise
+
+
+def timed(fn, reps):
+    out = []
+    for _ in range(reps):
+        s = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - s) * 1000)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--cond-dim", type=int, default=768)
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds per model")
+    ap.add_argument("--reps", type=int, default=3, help="timed steps per round")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(args.batch, 3, args.frames, args.size, args.size, generator=g),
+        torch.randint(0, 1000, (args.batch,), generator=g),
+        torch.randn(args.batch, args.cond_dim, generator=g),
+    )
+    models = {"t2v": build_ours(args)}
+    try:
+        models["video-diffusion-pytorch"] = build_peer(args)
+    except ImportError:
+        print("(peer not installed: run with `uv run --with video-diffusion-pytorch==0.7.0 ...` to compare)")
+
+    results = {name: {"train_ms": [], "denoise_ms": []} for name in models}
+    for name, (model, fwd, guided) in models.items():  # warm-up
+        results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+        measure(model, fwd, guided, inputs, 2)
+    for _ in range(args.rounds):
+        for name, (model, fwd, guided) in models.items():
+            train, denoise = measure(model, fwd, guided, inputs, args.reps)
+            results[name]["train_ms"] += train
+            results[name]["denoise_ms"] += denoise
+
+    geometry = f"{args.frames}x{args.size}x{args.size}, batch {args.batch}, dim {args.dim}, mults {args.mults}"
+    print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}")
+    print(f"{'model':<26}{'params (M)':>11}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
+    summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
+    for name, r in results.items():
+        train = statistics.median(r["train_ms"])
+        denoise = statistics.median(r["denoise_ms"])
+        summary["models"][name] = {
+            "params_M": r["params_M"],
+            "train_step_ms": round(train, 1),
+            "train_samples_per_s": round(args.batch * 1000 / train, 2),
+            "guided_denoise_step_ms": round(denoise, 1),
+        }
+        print(f"{name:<26}{r['params_M']:>11}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
+    if len(results) == 2:
+        ours, peer = summary["models"]["t2v"], summary["models"]["video-diffusion-pytorch"]
+        summary["speedup_train"] = round(peer["train_step_ms"] / ours["train_step_ms"], 2)
+        summary["speedup_denoise_step"] = round(peer["guided_denoise_step_ms"] / ours["guided_denoise_step_ms"], 2)
+        print(f"speed-up: train step x{summary['speedup_train']}, guided denoise step x{summary['speedup_denoise_step']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Attention layers of the Unet3D.
+
+Inside the network a video is kept as frames folded into the batch, `(B*T, C, H, W)`, so every spatial op is a
+plain 2D op; temporal attention regroups the same tensor as `(B*H*W, T, C)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel dim of a `(N, C, H, W)` map (the seed's PreNorm)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class RelativePositionBias(nn.Module):
+    """T5-style bucketed relative position bias for temporal attention: returns `(heads, T, T)`."""
+
+    def __init__(self, heads: int, num_buckets: int = 32, max_distance: int = 32):
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
+
+    @staticmethod
+    def bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+        n = -relative_position
+        half = num_buckets // 2
+        ret = (n < 0).long() * half
+        n = n.abs()
+        max_exact = half // 2
+        is_small = n < max_exact
+        large = max_exact + (
+            torch.log(n.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+        ).long()
+        large = large.clamp(max=half - 1)
+        return ret + torch.where(is_small, n, large)
+
+    def forward(self, n: int, device: torch.device) -> torch.Tensor:
+        pos = torch.arange(n, device=device)
+        rel = pos[None, :] - pos[:, None]
+        buckets = self.bucket(rel, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)
+
+
+def rotary_cis(frames: int, rot_dim: int, device: torch.device, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al.) as unit complex numbers, `(T, 1, rot_dim/2)`.
+
+    Same convention as rotary-embedding-torch (adjacent channel pairs rotated by position * theta^(-2i/d)); applying it
+    is one complex multiply instead of the usual rotate-half cat/mul dance."""
+    freqs = theta ** (-torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
+    angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
+    return torch.polar(torch.ones_like(angles), angles)[:, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """Rotate the first `2*cis.shape[-1]` channels of `x` (..., T, heads, d) by the per-frame angles in `cis`."""
+    rot = cis.shape[-1] * 2
+    x_rot = torch.view_as_complex(x[..., :rot].float().unflatten(-1, (-1, 2)))
+    out = torch.view_as_real(x_rot * cis).flatten(-2).to(x.dtype)
+    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+
+
+def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for (N, heads, T, d) inputs and a learnable (heads, T, T) bias.
+
+    The fused (flash) SDPA kernels take no mask that needs a gradient, so the bias is folded into the dot product
+    instead: q gets T extra one-hot channels (position i), k gets T channels holding bias[:, :, j] / scale. Then
+    q'.k'_j * scale = q.k_j * scale + bias[i, j] exactly. Extra channels are padded to a multiple of 8 (GPU kernels
+    want it) and v is zero-padded to the same width (the CPU flash kernel needs equal widths)."""
+    n, heads, t, d = q.shape
+    scale = d**-0.5
+    width = -(-(d + t) // 8) * 8
+    extra = width - d
+    eye = torch.eye(t, extra, device=q.device, dtype=q.dtype).expand(n, heads, t, extra)
+    bias_k = F.pad(bias.transpose(-1, -2).to(q.dtype) / scale, (0, extra - t)).expand(n, heads, t, extra)
+    q = torch.cat((q, eye), dim=-1)
+    k = torch.cat((k, bias_k), dim=-1)
+    v = F.pad(v, (0, extra))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :d]
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention across frames at every pixel, with rotary embeddings and a relative position bias."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        b = bt // frames
+        # (B*T, C, H, W) -> (B*H*W, T, C)
+        seq = x.reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c)
+        q, k, v = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head)).unbind(2)
+        q, k = apply_rotary(q, cis), apply_rotary(k, cis)
+        out = attention_with_bias(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos_bias)
+        out = self.to_out(out.transpose(1, 2).flatten(2))
+        # back to (B*T, C, H, W), laid out channels-last like the rest of the network
+        out = out.reshape(b, h, w, frames, c).permute(0, 3, 1, 2, 4).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+        return x + out
+
+
+class SpatialLinearAttention(nn.Module):
+    """Linear attention over the pixels of each frame (Shen et al.; the seed's `SpatialLinearAttention`)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        hidden = heads * dim_head
+        self.norm = ChannelLayerNorm(dim)
+        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).reshape(n, 3, self.heads, -1, h * w).unbind(1)
+        q = q.softmax(dim=-2) * self.scale
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)
+        return x + self.to_out(out.reshape(n, -1, h, w))
+
+
+class SpatialAttention(nn.Module):
+    """Full softmax attention over the pixels of each frame (used in the middle of the U-Net)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.norm = ChannelLayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        seq = self.norm.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))
+        q, k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2) for t in self.to_qkv(seq).chunk(3, -1))
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.to_out(out.transpose(1, 2).flatten(2))
+        return x + out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class CrossAttention(nn.Module):
+    """Attention from every pixel of every frame to the caption's token embeddings.
+
+    All frames of a video share one caption, so the frames are put in the query sequence instead of repeating the
+    keys/values per frame: `(B, heads, T*H*W, d)` queries against `(B, heads, L, d)` keys — the same result, less memory.
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        hidden = heads * dim_head
+        self.norm = ChannelLayerNorm(dim)
+        self.to_q = nn.Linear(dim, hidden, bias=False)
+        self.to_kv = nn.Linear(context_dim, hidden * 2, bias=False)
+        self.to_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, frames: int, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        b = bt // frames
+        seq = self.norm.norm(x.permute(0, 2, 3, 1).reshape(b, frames * h * w, c))
+        q = self.to_q(seq).unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
+        k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2) for t in self.to_kv(context).chunk(2, -1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        out = self.to_out(out.transpose(1, 2).flatten(2))
+        return x + out.reshape(bt, h, w, c).permute(0, 3, 1, 2)

@@ -1,0 +1,103 @@
+"""The inference checkpoint format: a directory with `model.safetensors` (weights) and `config.json` (ModelCard).
+
+Written to a temporary sibling directory and renamed into place, so a crash never leaves a half-written checkpoint
+where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelCard, ModelConfigError, from_dict, to_dict
+from .unet import Unet3D
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or mismatched checkpoint; the message names the file."""
+
+
+def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Path:
+    """Save `model`'s weights (pass the EMA model for inference) and `card` atomically into `directory`."""
+    directory = Path(directory)
+    card.unet = model.config
+    card.validate()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": card.format})
+        (tmp / CONFIG).write_text(json.dumps(to_dict(card), indent=2) + "\n")
+        replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move directory `src` to `dst`, replacing an existing `dst` with at most a moment where neither exists
+    under `dst`'s name (the old one is renamed aside first, then removed)."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_card(directory: str | Path) -> ModelCard:
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a t2v-model checkpoint directory?)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    try:
+        return from_dict(ModelCard, data)
+    except ModelConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Unet3D, ModelCard]:
+    """Load a checkpoint saved by `save_pretrained`: returns the Unet3D (eval mode) and its ModelCard."""
+    directory = Path(directory)
+    card = load_card(directory)
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
+    model = Unet3D(card.unet)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(
+            f"{path}: weights do not match config.json ({len(missing)} missing, {len(unexpected)} unexpected; {what})"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path}: shape mismatch for {name}: file {tuple(tensor.shape)} vs config {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state)
+    return model.to(device).eval(), card

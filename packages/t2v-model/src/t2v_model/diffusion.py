@@ -1,0 +1,207 @@
+"""Gaussian diffusion, all of its math in one module (Ho et al. 2020; Nichol & Dhariwal 2021; Salimans & Ho 2022).
+
+Notation as in the papers: x_0 data in [-1, 1], x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t in {0, ..., T-1}.
+The model predicts eps, x_0, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0. Schedules are computed in float64 and
+stored as float32 (as improved-diffusion does). Nothing here knows about video: tensors are (B, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import DiffusionConfig
+
+
+def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal's cosine schedule: abar(t) = cos^2(((t/T) + s) / (1 + s) * pi/2)."""
+
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - alpha_bar((i + 1) / timesteps) / alpha_bar(i / timesteps), max_beta) for i in range(timesteps)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def linear_betas(timesteps: int) -> torch.Tensor:
+    """Ho et al.'s linear schedule, scaled so that any T matches the 1000-step original (1e-4 .. 0.02)."""
+    scale = 1000 / timesteps
+    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+
+
+def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
+    if schedule == "cosine":
+        return cosine_betas(timesteps)
+    if schedule == "linear":
+        return linear_betas(timesteps)
+    raise ValueError(f"schedule: unknown beta schedule {schedule!r} (cosine | linear)")
+
+
+@dataclass
+class ModelOutput:
+    """What one denoiser evaluation gives, converted to all parameterisations."""
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+
+
+class GaussianDiffusion:
+    """The forward process q, the posterior q(x_{t-1} | x_t, x_0), parameterisation conversions and the loss.
+
+    Stateless apart from the schedule tensors; `.to(device)` moves them. The denoiser is passed in, never owned."""
+
+    def __init__(self, config: DiffusionConfig | None = None, betas: torch.Tensor | None = None):
+        self.config = config or DiffusionConfig()
+        self.config.validate()
+        betas = make_betas(self.config.schedule, self.config.timesteps) if betas is None else betas.double()
+        self.num_timesteps = len(betas)
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, dim=0)
+        abar_prev = torch.cat((torch.ones(1, dtype=torch.float64), abar[:-1]))
+        posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+        tensors = {
+            "betas": betas,
+            "alphas_cumprod": abar,
+            "alphas_cumprod_prev": abar_prev,
+            "sqrt_alphas_cumprod": abar.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
+            "sqrt_recip_alphas_cumprod": (1.0 / abar).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / abar - 1).sqrt(),
+            "posterior_variance": posterior_variance,
+            # posterior variance is 0 at t=0: clip the log as improved-diffusion does
+            "posterior_log_variance_clipped": torch.log(
+                torch.cat((posterior_variance[1:2], posterior_variance[1:]))
+            ),
+            "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
+            "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+            "snr": abar / (1.0 - abar),
+        }
+        self._f64 = tensors
+        self._cache: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _get(self, name: str, device: torch.device) -> torch.Tensor:
+        if device not in self._cache:
+            self._cache[device] = {k: v.to(device=device, dtype=torch.float32) for k, v in self._f64.items()}
+        return self._cache[device][name]
+
+    def extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        """Schedule value `name` at timesteps t (B,), shaped (B, 1, ..., 1) to broadcast against an ndim tensor."""
+        values = self._get(name, t.device)[t.long()]
+        return values.reshape(-1, *([1] * (ndim - 1)))
+
+    # forward process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)."""
+        return self.extract("sqrt_alphas_cumprod", t, x0.ndim) * x0 + self.extract(
+            "sqrt_one_minus_alphas_cumprod", t, x0.ndim
+        ) * noise
+
+    def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)  (DDPM eqs. 6-7)."""
+        mean = self.extract("posterior_mean_coef1", t, xt.ndim) * x0 + self.extract("posterior_mean_coef2", t, xt.ndim) * xt
+        return (
+            mean,
+            self.extract("posterior_variance", t, xt.ndim),
+            self.extract("posterior_log_variance_clipped", t, xt.ndim),
+        )
+
+    # parameterisations
+    def x0_from_eps(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.extract("sqrt_recip_alphas_cumprod", t, xt.ndim) * xt - self.extract(
+            "sqrt_recipm1_alphas_cumprod", t, xt.ndim
+        ) * eps
+
+    def eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return (self.extract("sqrt_recip_alphas_cumprod", t, xt.ndim) * xt - x0) / self.extract(
+            "sqrt_recipm1_alphas_cumprod", t, xt.ndim
+        )
+
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0  (Salimans & Ho 2022)."""
+        return self.extract("sqrt_alphas_cumprod", t, x0.ndim) * noise - self.extract(
+            "sqrt_one_minus_alphas_cumprod", t, x0.ndim
+        ) * x0
+
+    def x0_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.extract("sqrt_alphas_cumprod", t, xt.ndim) * xt - self.extract(
+            "sqrt_one_minus_alphas_cumprod", t, xt.ndim
+        ) * v
+
+    def interpret(self, model_out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, clip: bool = True) -> ModelOutput:
+        """Turn the raw network output into (eps, x0); x0 is clipped (or dynamically thresholded) when `clip`,
+        and eps is then recomputed from the clipped x0 so both stay consistent."""
+        pred = self.config.prediction
+        if pred == "eps":
+            x0 = self.x0_from_eps(xt, t, model_out)
+        elif pred == "x0":
+            x0 = model_out
+        else:
+            x0 = self.x0_from_v(xt, t, model_out)
+        if clip:
+            x0 = self.threshold(x0)
+            return ModelOutput(eps=self.eps_from_x0(xt, t, x0), x0=x0)
+        eps = model_out if pred == "eps" else self.eps_from_x0(xt, t, x0)
+        return ModelOutput(eps=eps, x0=x0)
+
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clip to [-1, 1], or Imagen's dynamic thresholding when `dynamic_threshold` (a percentile) is set:
+        s = max(1, quantile(|x0|, p)) per sample, x0 = clip(x0, -s, s) / s."""
+        p = self.config.dynamic_threshold
+        if p is None:
+            return x0.clamp(-1.0, 1.0)
+        s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).clamp(min=1.0).to(x0.dtype)
+        s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+        return x0.clamp(-s, s) / s
+
+    # training
+    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
+        return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+
+    def training_loss(
+        self,
+        model,
+        x0: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)`.
+
+        Unless given, t ~ U{0..T-1}, eps ~ N(0, I) and the caption is dropped with probability `null_cond_prob` (so the
+        null embedding is trained for classifier-free guidance). With `min_snr_gamma`, each sample is weighted by
+        min(SNR, gamma) expressed for the chosen prediction target (Hang et al. 2023)."""
+        b, device = x0.shape[0], x0.device
+        if t is None:
+            t = self.sample_timesteps(b, device, generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
+        if drop_text is None and self.config.null_cond_prob > 0:
+            drop_text = torch.rand(b, device=device, generator=generator) < self.config.null_cond_prob
+        xt = self.q_sample(x0, t, noise)
+        out = model(xt, t, text, tokens=tokens, token_mask=token_mask, drop_text=drop_text)
+        target = {"eps": noise, "x0": x0, "v": None}[self.config.prediction]
+        if target is None:
+            target = self.v_target(x0, t, noise)
+        err = (out.float() - target.float())
+        per_sample = (err.abs() if self.config.loss == "l1" else err.square()).flatten(1).mean(1)
+        if self.config.min_snr_gamma is not None:
+            per_sample = per_sample * self.min_snr_weight(t)
+        return per_sample.mean()
+
+    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        snr = self._get("snr", t.device)[t.long()]
+        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        pred = self.config.prediction
+        if pred == "eps":
+            return clipped / snr
+        if pred == "v":
+            return clipped / (snr + 1)
+        return clipped

@@ -1,0 +1,131 @@
+"""The inference API: a checkpoint directory in, uint8 videos out. Depends on t2v_model alone.
+
+    pipe = TextToVideo.from_pretrained("runs/quickstart/model")
+    video = pipe.generate(["a red circle moving left"], steps=50, guidance=3.0, seed=0)   # (B, T, H, W, C) uint8
+    save_video("out.mp4", video[0], fps=pipe.card.data.fps)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_pretrained, save_pretrained
+from .config import ModelCard
+from .diffusion import GaussianDiffusion
+from .samplers import ddim_sample, ddpm_sample, guided_denoiser
+from .unet import Unet3D
+
+
+class TextToVideo:
+    def __init__(self, model: Unet3D, card: ModelCard, device: str | torch.device = "cpu", text_encoder=None):
+        self.model = model.to(device).eval()
+        card.unet = model.config  # the weights define the architecture
+        card.validate()
+        self.card = card
+        self.device = torch.device(device)
+        self.diffusion = GaussianDiffusion(card.diffusion)
+        self._text_encoder = text_encoder
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", text_encoder=None):
+        """Load a checkpoint directory (model.safetensors + config.json). The text encoder named in the config is
+        loaded on first use (or pass one, e.g. to share it between pipelines)."""
+        model, card = load_pretrained(directory, device=device)
+        return cls(model, card, device=device, text_encoder=text_encoder)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_pretrained(directory, self.model, self.card)
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from .text_encoder import load_text_encoder
+
+            info = self.card.text_encoder
+            self._text_encoder = load_text_encoder(info.id, device=self.device, max_length=info.max_length)
+            if self._text_encoder.dim != info.dim:
+                raise ValueError(
+                    f"text encoder {info.id!r} gives {self._text_encoder.dim}-d embeddings but the checkpoint was "
+                    f"trained on {info.dim}-d ones"
+                )
+        return self._text_encoder
+
+    def embed(self, prompts: Sequence[str]):
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("prompts: need one or more non-empty strings")
+        return self.text_encoder.encode(list(prompts), tokens=self.card.unet.cross_attn)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        steps: int = 50,
+        guidance: float = 3.0,
+        seed: int | None = 0,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate one video per prompt: uint8 (B, T, H, W, C). Same seed + same prompts -> the same videos."""
+        emb = self.embed(prompts)
+        return self.generate_from_embeddings(
+            emb.pooled, tokens=emb.tokens, token_mask=emb.mask, steps=steps, guidance=guidance, seed=seed,
+            sampler=sampler, eta=eta, progress=progress,
+        )
+
+    @torch.inference_mode()
+    def generate_from_embeddings(
+        self,
+        text: torch.Tensor,
+        *,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        steps: int = 50,
+        guidance: float = 3.0,
+        seed: int | None = 0,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """As `generate`, from pooled caption embeddings (B, D) (and tokens/mask for cross-attention models)."""
+        dim = self.card.unet.cond_dim
+        if text.ndim != 2 or text.shape[1] != dim:
+            raise ValueError(f"text embeddings must be (B, {dim}), got {tuple(text.shape)}")
+        if guidance < 0:
+            raise ValueError(f"guidance: must be >= 0, got {guidance}")
+        to = lambda v: None if v is None else v.to(self.device)  # noqa: E731
+        text, tokens, token_mask = to(text.float()), to(tokens), to(token_mask)
+        geo = self.card.data
+        shape = (text.shape[0], geo.channels, geo.frames, geo.height, geo.width)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        denoise = guided_denoiser(self.model, text, guidance=guidance, tokens=tokens, token_mask=token_mask)
+        bar = _progress(f"sampling ({sampler}, {steps} steps)") if progress else None
+        if sampler == "ddim":
+            x = ddim_sample(denoise, self.diffusion, shape, steps=steps, eta=eta, generator=generator,
+                            device=self.device, progress=bar)
+        elif sampler == "ddpm":
+            x = ddpm_sample(denoise, self.diffusion, shape, steps=steps, generator=generator, device=self.device,
+                            progress=bar)
+        else:
+            raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
+        return to_uint8(x)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+
+
+def _progress(desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional for inference-only installs
+        return None
+    return lambda it: tqdm(it, desc=desc, leave=False)

@@ -1,0 +1,145 @@
+"""Samplers: DDPM ancestral (Ho et al. 2020) and DDIM (Song et al. 2021), on any subset of the training timesteps.
+
+A sampler gets `denoise(x_t, t) -> raw model output` (classifier-free guidance already applied, see
+`guided_denoiser`) and a `GaussianDiffusion`; randomness comes only from the `torch.Generator` passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from .diffusion import GaussianDiffusion
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Spacing = Literal["trailing", "leading", "linspace"]
+
+
+def timestep_schedule(num_train: int, steps: int, spacing: Spacing = "trailing") -> list[int]:
+    """Descending timesteps to visit. "trailing" starts at T-1 (pure noise; Lin et al. 2024), "leading" is diffusers'
+    default (0, k, 2k, ...), "linspace" rounds an even grid over [0, T-1]."""
+    if not 1 <= steps <= num_train:
+        raise ValueError(f"steps: must be in [1, {num_train}], got {steps}")
+    if spacing == "trailing":
+        ts = [round(num_train - i * num_train / steps) - 1 for i in range(steps)]
+    elif spacing == "leading":
+        ratio = num_train // steps
+        ts = [i * ratio for i in range(steps)][::-1]
+    elif spacing == "linspace":
+        ts = torch.linspace(0, num_train - 1, steps).round().long().tolist()[::-1]
+    else:
+        raise ValueError(f"spacing: unknown {spacing!r} (trailing | leading | linspace)")
+    return [int(t) for t in ts]
+
+
+def guided_denoiser(model, text, *, guidance: float, tokens=None, token_mask=None) -> Denoiser:
+    """Classifier-free guidance (Ho & Salimans 2022): out = uncond + w * (cond - uncond).
+
+    The conditional and unconditional branches run as ONE batched forward (the batch is doubled, the second half
+    with the learned null caption). guidance == 1 needs only the conditional branch, so it runs alone."""
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance == 1.0:
+            return model(x, t, text, tokens=tokens, token_mask=token_mask)
+        b = x.shape[0]
+        drop = torch.arange(2 * b, device=x.device) >= b
+        two = lambda v: None if v is None else torch.cat((v, v))  # noqa: E731
+        out = model(two(x), two(t), two(text), tokens=two(tokens), token_mask=two(token_mask), drop_text=drop)
+        cond, uncond = out.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return denoise
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise: Denoiser,
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "trailing",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip: bool = True,
+    progress: Callable | None = None,
+) -> torch.Tensor:
+    """DDIM (eq. 12 of Song et al.): x_{t'} = sqrt(abar_t') x0 + sqrt(1 - abar_t' - sigma^2) eps + sigma z,
+    sigma = eta * sqrt((1 - abar_t') / (1 - abar_t)) * sqrt(1 - abar_t / abar_t'). eta=0 is deterministic, eta=1
+    matches DDPM's variance. The last step goes to abar = 1 (x_0 itself)."""
+    x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    abar = diffusion._get("alphas_cumprod", torch.device(device))
+    ts = timestep_schedule(diffusion.num_timesteps, steps, spacing)
+    iterator = progress(ts) if progress else ts
+    for i, t in enumerate(iterator):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x = ddim_step(denoise, diffusion, x, t, t_prev, abar, eta=eta, generator=generator, clip=clip)
+    return x
+
+
+def ddim_step(denoise, diffusion, x, t: int, t_prev: int, abar, *, eta=0.0, generator=None, clip=True):
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    out = diffusion.interpret(denoise(x, tt), x, tt, clip=clip)
+    a_t = abar[t]
+    a_prev = abar[t_prev] if t_prev >= 0 else torch.ones((), device=x.device)
+    sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+    x_prev = a_prev.sqrt() * out.x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * out.eps
+    if eta > 0:
+        x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x_prev.to(x.dtype)
+
+
+@torch.no_grad()
+def ddpm_sample(
+    denoise: Denoiser,
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    *,
+    steps: int | None = None,
+    spacing: Spacing = "trailing",
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    clip: bool = True,
+    progress: Callable | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling from p(x_{t-1} | x_t) = N(posterior mean(x0_hat, x_t), posterior variance).
+
+    `steps` < T respaces the chain (Nichol & Dhariwal sec. 4): the visited timesteps define their own betas,
+    1 - abar_t / abar_t_prev, and the posterior is computed with those."""
+    steps = steps or diffusion.num_timesteps
+    ts = timestep_schedule(diffusion.num_timesteps, steps, spacing)
+    sub = diffusion if steps == diffusion.num_timesteps else respaced(diffusion, ts)
+    x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    iterator = progress(list(range(len(ts)))) if progress else range(len(ts))
+    for i in iterator:
+        # index into the (possibly respaced) chain, counting down; the model sees the original timestep
+        j = len(ts) - 1 - i if sub is not diffusion else ts[i]
+        x = ddpm_step(denoise, sub, x, j, ts[i], generator=generator, clip=clip)
+    return x
+
+
+def ddpm_step(denoise, diffusion, x, j: int, t_model: int, *, generator=None, clip=True):
+    jj = torch.full((x.shape[0],), j, device=x.device, dtype=torch.long)
+    tt = torch.full((x.shape[0],), t_model, device=x.device, dtype=torch.long)
+    out = diffusion.interpret(denoise(x, tt), x, jj, clip=clip)
+    mean, _, log_var = diffusion.q_posterior(out.x0, x, jj)
+    if j == 0:
+        return mean.to(x.dtype)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (mean + (0.5 * log_var).exp() * noise).to(x.dtype)
+
+
+def respaced(diffusion: GaussianDiffusion, ts: list[int]) -> GaussianDiffusion:
+    """A diffusion whose chain is the timesteps `ts` of `diffusion` (ascending order internally)."""
+    abar = diffusion._f64["alphas_cumprod"]
+    keep = sorted(ts)
+    betas, last = [], 1.0
+    for t in keep:
+        betas.append(1 - abar[t].item() / last)
+        last = abar[t].item()
+    return GaussianDiffusion(diffusion.config, betas=torch.tensor(betas, dtype=torch.float64))

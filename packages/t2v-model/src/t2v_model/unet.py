@@ -1,0 +1,228 @@
+"""Unet3D: the seed's space-time U-Net (Ho et al., "Video Diffusion Models"), text-conditioned.
+
+Layout: the public interface takes videos as `(B, C, T, H, W)`; inside, frames are folded into the batch,
+`(B*T, C, H, W)`, so convolutions, norms and spatial attention are fast 2D ops and only temporal attention mixes frames.
+Frames are never down-sampled; height/width are padded to a multiple of 2**(levels-1) and cropped back, so any size works.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import (
+    CrossAttention,
+    RelativePositionBias,
+    SpatialAttention,
+    SpatialLinearAttention,
+    TemporalAttention,
+    rotary_cis,
+)
+from .config import UnetConfig
+
+
+class SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000) / (half - 1)))
+        args = t.float()[:, None] * freqs[None, :]
+        return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class Block(nn.Module):
+    """3x3 conv per frame -> GroupNorm -> optional FiLM (scale, shift) -> SiLU."""
+
+    def __init__(self, dim: int, dim_out: int, groups: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim_out, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, dim_out)
+
+    def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.norm(self.proj(x))
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = torch.addcmul(shift, x, scale + 1)
+        return F.silu(x)
+
+
+class ResnetBlock(nn.Module):
+    """Two Blocks with a residual; FiLM scale/shift from the conditioning vector [time ; text]."""
+
+    def __init__(self, dim: int, dim_out: int, cond_dim: int | None, groups: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim_out * 2)) if cond_dim else None
+        self.block1 = Block(dim, dim_out, groups)
+        self.block2 = Block(dim_out, dim_out, groups)
+        self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        scale_shift = None
+        if self.mlp is not None:
+            # cond is (B*T, 2*dim_out, 1, 1): one vector per frame, repeated from the per-video vector
+            scale_shift = self.mlp(cond)[:, :, None, None].chunk(2, dim=1)
+        h = self.block2(self.block1(x, scale_shift))
+        return h + self.res_conv(x)
+
+
+class Level(nn.Module):
+    """One U-Net level: 2 ResnetBlocks, spatial (linear) attention, optional cross-attention, temporal attention."""
+
+    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, cond_dim: int):
+        super().__init__()
+        self.block1 = ResnetBlock(dim_in, dim_out, cond_dim, cfg.resnet_groups)
+        self.block2 = ResnetBlock(dim_out, dim_out, cond_dim, cfg.resnet_groups)
+        heads, dh = cfg.attn_heads, cfg.attn_dim_head
+        self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if cfg.use_sparse_linear_attn else None
+        self.cross_attn = CrossAttention(dim_out, cfg.cond_dim, heads, dh) if cfg.cross_attn else None
+        self.temporal_attn = TemporalAttention(dim_out, heads, dh)
+
+    def forward(self, x, cond, frames, pos_bias, cis, tokens=None, token_mask=None):
+        x = self.block1(x, cond)
+        x = self.block2(x, cond)
+        if self.spatial_attn is not None:
+            x = self.spatial_attn(x)
+        if self.cross_attn is not None:
+            x = self.cross_attn(x, frames, tokens, token_mask)
+        return self.temporal_attn(x, frames, pos_bias, cis)
+
+
+class Unet3D(nn.Module):
+    def __init__(self, config: UnetConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or UnetConfig(**overrides)
+        cfg.validate()
+        self.config = cfg
+        dim, heads, dh = cfg.dim, cfg.attn_heads, cfg.attn_dim_head
+
+        self.time_rel_pos_bias = RelativePositionBias(heads, max_distance=cfg.rel_pos_max_distance)
+        self.init_conv = nn.Conv2d(cfg.channels, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
+        self.init_temporal_attn = TemporalAttention(dim, heads, dh)
+
+        time_dim = dim * 4
+        self.time_mlp = nn.Sequential(
+            SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
+        )
+        # Learned "no caption" embedding for classifier-free guidance, in the text encoder's space.
+        self.null_text_emb = nn.Parameter(torch.randn(1, cfg.cond_dim) * 0.02)
+        if cfg.cross_attn:
+            self.null_tokens = nn.Parameter(torch.randn(1, 1, cfg.cond_dim) * 0.02)
+        cond_dim = time_dim + cfg.cond_dim
+
+        dims = [dim, *(dim * m for m in cfg.dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        self.downs = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(in_out):
+            last = i == len(in_out) - 1
+            self.downs.append(Level(d_in, d_out, cfg, cond_dim))
+            self.downsamples.append(nn.Identity() if last else nn.Conv2d(d_out, d_out, 4, stride=2, padding=1))
+
+        mid = dims[-1]
+        self.mid_block1 = ResnetBlock(mid, mid, cond_dim, cfg.resnet_groups)
+        self.mid_spatial_attn = SpatialAttention(mid, heads, dh)
+        self.mid_cross_attn = CrossAttention(mid, cfg.cond_dim, heads, dh) if cfg.cross_attn else None
+        self.mid_temporal_attn = TemporalAttention(mid, heads, dh)
+        self.mid_block2 = ResnetBlock(mid, mid, cond_dim, cfg.resnet_groups)
+
+        self.ups = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i, (d_in, d_out) in enumerate(reversed(in_out)):
+            last = i == len(in_out) - 1
+            self.ups.append(Level(d_out * 2, d_in, cfg, cond_dim))
+            self.upsamples.append(nn.Identity() if last else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1))
+
+        self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
+        self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.init_conv.weight.dtype
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        time: torch.Tensor,
+        text: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, C, T, H, W) noisy video; time: (B,) diffusion timesteps; text: (B, cond_dim) pooled caption
+        embedding; tokens/token_mask: (B, L, cond_dim)/(B, L) when `cross_attn`; drop_text: (B,) bool, True where
+        the caption is replaced by the learned null embedding (classifier-free guidance). Returns (B, C, T, H, W)."""
+        cfg = self.config
+        b, c, frames, height, width = x.shape
+        if c != cfg.channels:
+            raise ValueError(f"Unet3D: expected {cfg.channels} channels, got input of shape {tuple(x.shape)}")
+        if text.shape != (b, cfg.cond_dim):
+            raise ValueError(f"Unet3D: text embedding must be ({b}, {cfg.cond_dim}), got {tuple(text.shape)}")
+        if cfg.cross_attn and (tokens is None or token_mask is None):
+            raise ValueError("Unet3D: this model has cross_attn=True and needs tokens and token_mask")
+
+        text = text.to(x.dtype)
+        if drop_text is not None:
+            text = torch.where(drop_text[:, None], self.null_text_emb.to(x.dtype), text)
+        if cfg.cross_attn:
+            tokens = tokens.to(x.dtype)
+            token_mask = token_mask.bool()
+            if drop_text is not None:
+                null_mask = torch.zeros_like(token_mask)
+                null_mask[:, 0] = True
+                tokens = torch.where(drop_text[:, None, None], self.null_tokens.to(x.dtype), tokens)
+                token_mask = torch.where(drop_text[:, None], null_mask, token_mask)
+
+        cond = torch.cat((self.time_mlp(time).to(x.dtype), text), dim=-1)
+        cond = cond.repeat_interleave(frames, dim=0)  # per frame, to match the (B*T, ...) layout
+
+        # (B, C, T, H, W) -> (B*T, C, H, W), padded so every halving is exact
+        h = x.transpose(1, 2).reshape(b * frames, c, height, width)
+        m = cfg.spatial_multiple
+        pad_h, pad_w = (-height) % m, (-width) % m
+        if pad_h or pad_w:
+            h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
+        h = h.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU (oneDNN)
+
+        pos_bias = self.time_rel_pos_bias(frames, x.device)
+        cis = rotary_cis(frames, min(32, cfg.attn_dim_head), x.device)
+        h = self.init_conv(h)
+        h = self.init_temporal_attn(h, frames, pos_bias, cis)
+        r = h
+
+        skips = []
+        for level, down in zip(self.downs, self.downsamples):
+            h = self._run(level, h, cond, frames, pos_bias, cis, tokens, token_mask)
+            skips.append(h)
+            h = down(h)
+
+        h = self.mid_block1(h, cond)
+        h = self.mid_spatial_attn(h)
+        if self.mid_cross_attn is not None:
+            h = self.mid_cross_attn(h, frames, tokens, token_mask)
+        h = self.mid_temporal_attn(h, frames, pos_bias, cis)
+        h = self.mid_block2(h, cond)
+
+        for level, up in zip(self.ups, self.upsamples):
+            h = torch.cat((h, skips.pop()), dim=1)
+            h = self._run(level, h, cond, frames, pos_bias, cis, tokens, token_mask)
+            h = up(h)
+
+        h = self.final_conv(self.final_block(torch.cat((h, r), dim=1)))
+        h = h[:, :, :height, :width]
+        return h.reshape(b, frames, c, height, width).transpose(1, 2)
+
+    def _run(self, level, h, cond, frames, pos_bias, cis, tokens, token_mask):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(level, h, cond, frames, pos_bias, cis, tokens, token_mask, use_reentrant=False)
+        return level(h, cond, frames, pos_bias, cis, tokens, token_mask)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

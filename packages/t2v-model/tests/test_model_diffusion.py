@@ -1,0 +1,153 @@
+"""Our diffusion math against diffusers' schedulers (a test-only oracle)."""
+
+import pytest
+import torch
+
+from t2v_model import DiffusionConfig
+from t2v_model.diffusion import GaussianDiffusion
+from t2v_model.samplers import ddim_sample, ddim_step, ddpm_sample, ddpm_step, respaced, timestep_schedule
+
+diffusers = pytest.importorskip("diffusers")
+ATOL = 1e-5
+
+
+def exact_tables(ref, ours):
+    """Give the oracle our float64 schedule tables. diffusers keeps them in float32, where 1 - abar_t cancels
+    catastrophically near t=0 (~1e-4 error at t=1); the tables themselves are compared in float32 separately."""
+    ref.betas = ours._f64["betas"].clone()
+    ref.alphas = 1.0 - ref.betas
+    ref.alphas_cumprod = ours._f64["alphas_cumprod"].clone()
+    return ref
+
+
+def oracle_kwargs(schedule):
+    return dict(num_train_timesteps=1000, beta_schedule={"cosine": "squaredcos_cap_v2", "linear": "linear"}[schedule],
+                beta_start=1e-4, beta_end=0.02, clip_sample=False)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_schedule_and_q_sample_match_diffusers(schedule):
+    ours = GaussianDiffusion(DiffusionConfig(schedule=schedule))
+    ref = diffusers.DDPMScheduler(**oracle_kwargs(schedule))
+    assert torch.allclose(ours._get("alphas_cumprod", torch.device("cpu")), ref.alphas_cumprod, atol=ATOL)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 2, 5, 5, generator=g) * 2 - 1, torch.randn(4, 3, 2, 5, 5, generator=g)
+    t = torch.tensor([0, 17, 500, 999])
+    assert torch.allclose(ours.q_sample(x0, t, noise), ref.add_noise(x0, noise, t), atol=ATOL)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_ddpm_posterior_step_matches_diffusers(prediction):
+    ours = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    ref = diffusers.DDPMScheduler(**oracle_kwargs("cosine"), variance_type="fixed_small",
+                                  prediction_type={"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[prediction])
+    exact_tables(ref, ours)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 2, 4, 4, generator=g)
+    for t in [999, 600, 250, 10, 1, 0]:
+        out = torch.randn(2, 3, 2, 4, 4, generator=g)
+        seed = 100 + t
+        expected = ref.step(out, t, x, generator=torch.Generator().manual_seed(seed)).prev_sample
+        got = ddpm_step(lambda _x, _t: out, ours, x, t, t, generator=torch.Generator().manual_seed(seed), clip=False)
+        assert torch.allclose(got, expected, atol=ATOL), (prediction, t, (got - expected).abs().max())
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("spacing", ["trailing", "leading"])
+def test_ddim_steps_match_diffusers(eta, spacing):
+    ours = GaussianDiffusion(DiffusionConfig())
+    ref = diffusers.DDIMScheduler(**oracle_kwargs("cosine"), set_alpha_to_one=True, timestep_spacing=spacing)
+    ref.set_timesteps(25)
+    exact_tables(ref, ours)
+    ts = timestep_schedule(1000, 25, spacing)
+    assert ts == ref.timesteps.tolist()
+    abar = ours._get("alphas_cumprod", torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 3, 4, 4, generator=g)
+    x_ref = x.clone()
+    for i, t in enumerate(ts):
+        out = torch.randn(2, 3, 3, 4, 4, generator=g)
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x_ref = ref.step(out, t, x_ref, eta=eta, generator=torch.Generator().manual_seed(i)).prev_sample
+        x = ddim_step(lambda _x, _t: out, ours, x, t, t_prev, abar, eta=eta,
+                      generator=torch.Generator().manual_seed(i), clip=False)
+        assert torch.allclose(x, x_ref, atol=ATOL), (i, t, (x - x_ref).abs().max())
+
+
+def test_respaced_ddpm_matches_diffusers_with_fewer_steps():
+    ours = GaussianDiffusion(DiffusionConfig())
+    ref = diffusers.DDPMScheduler(**oracle_kwargs("cosine"), variance_type="fixed_small", timestep_spacing="trailing")
+    ref.set_timesteps(20)
+    exact_tables(ref, ours)
+    ts = timestep_schedule(1000, 20, "trailing")
+    assert ts == ref.timesteps.tolist()
+    sub = respaced(ours, ts)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, 2, 4, 4, generator=g)
+    x_ref = x.clone()
+    for i, t in enumerate(ts):
+        out = torch.randn(1, 3, 2, 4, 4, generator=g)
+        x_ref = ref.step(out, t, x_ref, generator=torch.Generator().manual_seed(i)).prev_sample
+        x = ddpm_step(lambda _x, _t: out, sub, x, len(ts) - 1 - i, t, generator=torch.Generator().manual_seed(i),
+                      clip=False)
+        assert torch.allclose(x, x_ref, atol=ATOL), (i, t)
+
+
+def test_parameterisations_round_trip():
+    d = GaussianDiffusion(DiffusionConfig())
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.rand(3, 2, 4, generator=g) * 2 - 1, torch.randn(3, 2, 4, generator=g)
+    t = torch.tensor([3, 400, 990])
+    xt = d.q_sample(x0, t, eps)
+    assert torch.allclose(d.x0_from_eps(xt, t, eps), x0, atol=1e-4)
+    assert torch.allclose(d.eps_from_x0(xt, t, x0), eps, atol=1e-4)
+    assert torch.allclose(d.x0_from_v(xt, t, d.v_target(x0, t, eps)), x0, atol=1e-5)
+
+
+def test_min_snr_weights_and_loss():
+    d = GaussianDiffusion(DiffusionConfig(min_snr_gamma=5.0, prediction="eps"))
+    t = torch.tensor([0, 999])
+    snr = d._get("snr", t.device)[t]
+    w = d.min_snr_weight(t)
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert w[0] < 1e-2 and w[1] == pytest.approx(1.0)  # low noise down-weighted, high noise kept
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, text, tokens=None, token_mask=None, drop_text=None):
+            return torch.zeros_like(x)
+
+    x0 = torch.zeros(2, 3, 1, 2, 2)
+    noise = torch.ones_like(x0)
+    loss = GaussianDiffusion(DiffusionConfig(loss="l2")).training_loss(Zero(), x0, None, t=t, noise=noise)
+    assert loss.item() == pytest.approx(1.0)  # zero prediction vs unit eps
+
+
+def test_dynamic_thresholding():
+    d = GaussianDiffusion(DiffusionConfig(dynamic_threshold=0.9))
+    x = torch.linspace(-3, 3, 101).reshape(1, -1)
+    y = d.threshold(x)
+    assert y.abs().max() <= 1.0 + 1e-6 and y.abs().max() > 0.99
+    small = torch.full((1, 10), 0.5)
+    assert torch.equal(d.threshold(small), small)  # s clamps at 1: nothing inside [-1, 1] changes
+
+
+def test_samplers_are_seeded_and_reach_the_data_for_a_perfect_denoiser():
+    d = GaussianDiffusion(DiffusionConfig(prediction="x0"))
+    target = torch.rand(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    oracle = lambda x, t: target  # noqa: E731  (a denoiser that always predicts the data)
+    for sample in (
+        lambda g: ddim_sample(oracle, d, target.shape, steps=10, generator=g),
+        lambda g: ddim_sample(oracle, d, target.shape, steps=10, eta=1.0, generator=g),
+        lambda g: ddpm_sample(oracle, d, target.shape, steps=30, generator=g),
+    ):
+        a = sample(torch.Generator().manual_seed(0))
+        b = sample(torch.Generator().manual_seed(0))
+        assert torch.equal(a, b)
+        assert torch.allclose(a, target, atol=1e-4)
+
+
+def test_timestep_schedule_validation():
+    assert timestep_schedule(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert timestep_schedule(10, 10) == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="steps"):
+        timestep_schedule(1000, 0)

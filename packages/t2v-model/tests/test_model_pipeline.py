@@ -1,0 +1,153 @@
+import json
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2v_model import DataGeometry, DiffusionConfig, ModelCard, TextEncoderInfo, Unet3D, UnetConfig
+from t2v_model.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from t2v_model.pipeline import TextToVideo
+from t2v_model.samplers import guided_denoiser
+from t2v_model.video_io import contact_sheet, save_grid, save_video
+
+DIM = 16
+
+
+class StubEncoder:
+    """A deterministic stand-in for the BERT wrapper (same interface), so these tests stay fast and offline."""
+
+    id, dim = "stub", DIM
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts, tokens=False):
+        self.calls += 1
+        rows = [torch.randn(DIM, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
+        return SimpleNamespace(pooled=torch.stack(rows), tokens=None, mask=None)
+
+
+def make_pipe(tmp_path=None):
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=DIM, attn_heads=2, attn_dim_head=8))
+    card = ModelCard(
+        diffusion=DiffusionConfig(timesteps=100),
+        text_encoder=TextEncoderInfo(id="stub", dim=DIM),
+        data=DataGeometry(frames=3, height=8, width=10, fps=4),
+    )
+    return TextToVideo(model, card, text_encoder=StubEncoder())
+
+
+def test_generate_shape_dtype_and_seed_control():
+    pipe = make_pipe()
+    a = pipe.generate(["a red circle moving left", "a blue square"], steps=4, guidance=2.0, seed=7)
+    assert a.shape == (2, 3, 8, 10, 3) and a.dtype == torch.uint8
+    b = pipe.generate(["a red circle moving left", "a blue square"], steps=4, guidance=2.0, seed=7)
+    assert torch.equal(a, b)
+    c = pipe.generate(["a red circle moving left", "a blue square"], steps=4, guidance=2.0, seed=8)
+    assert not torch.equal(a, c)
+    ddpm = pipe.generate(["x"], steps=5, sampler="ddpm", seed=0)
+    assert ddpm.shape == (1, 3, 8, 10, 3)
+    with pytest.raises(ValueError, match="prompts"):
+        pipe.generate([""])
+    with pytest.raises(ValueError, match="sampler"):
+        pipe.generate(["x"], sampler="euler")
+
+
+def test_save_load_generate_round_trip_is_bit_identical(tmp_path):
+    pipe = make_pipe()
+    before = pipe.generate(["a green star growing"], steps=5, guidance=3.0, seed=3)
+    pipe.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = TextToVideo.from_pretrained(tmp_path / "ckpt", text_encoder=StubEncoder())
+    after = loaded.generate(["a green star growing"], steps=5, guidance=3.0, seed=3)
+    assert torch.equal(before, after)
+    assert loaded.card == pipe.card
+
+
+def test_guidance_one_equals_the_conditional_output_and_cfg_is_batched():
+    pipe = make_pipe()
+    model = pipe.model
+    x = torch.randn(2, 3, 3, 8, 10)
+    t = torch.tensor([10, 60])
+    text = torch.randn(2, DIM)
+    with torch.no_grad():
+        cond = model(x, t, text)
+        uncond = model(x, t, text, drop_text=torch.ones(2, dtype=torch.bool))
+        assert torch.allclose(guided_denoiser(model, text, guidance=1.0)(x, t), cond)
+        # the batched path: w=0 gives the unconditional branch, w=2 gives 2c-u; their mean is c (= w=1)
+        w0 = guided_denoiser(model, text, guidance=0.0)(x, t)
+        w2 = guided_denoiser(model, text, guidance=2.0)(x, t)
+        assert torch.allclose(w0, uncond, atol=1e-5)
+        assert torch.allclose((w0 + w2) / 2, cond, atol=1e-5)
+    calls = []
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        guided_denoiser(model, text, guidance=3.0)(x, t)
+    assert calls == [4]  # ONE forward with cond + uncond rows
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pretrained(tmp_path / "nope")
+    pipe = make_pipe()
+    ckpt = pipe.save_pretrained(tmp_path / "ckpt")
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: corrupt JSON"):
+        load_pretrained(ckpt)
+    pipe.save_pretrained(ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["unet"]["dim"] = 16
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_pretrained(ckpt)
+    cfg["unet"]["dim"] = 8
+    cfg["unet"]["colour"] = 1
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unet.colour: unknown key"):
+        load_pretrained(ckpt)
+    pipe.save_pretrained(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
+        load_pretrained(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors: missing"):
+        load_pretrained(ckpt)
+
+
+def test_save_pretrained_replaces_atomically(tmp_path):
+    pipe = make_pipe()
+    ckpt = save_pretrained(tmp_path / "ckpt", pipe.model, pipe.card)
+    with torch.no_grad():
+        for p in pipe.model.parameters():
+            p.add_(1)
+    save_pretrained(ckpt, pipe.model, pipe.card)
+    model, _ = load_pretrained(ckpt)
+    assert torch.equal(model.init_conv.weight, pipe.model.init_conv.weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp or old dirs left behind
+
+
+def test_video_writers(tmp_path):
+    g = np.random.default_rng(0)
+    video = g.integers(0, 255, (4, 8, 10, 3), dtype=np.uint8)
+    written = save_video(tmp_path / "clip", video, fps=4, scale=2)
+    assert sorted(p.suffix for p in written) == [".gif", ".mp4", ".png"]
+    gif = Image.open(tmp_path / "clip.gif")
+    assert gif.n_frames == 4 and gif.size == (20, 16)
+    mp4 = (tmp_path / "clip.mp4").read_bytes()
+    assert b"ftyp" in mp4[:32] and len(mp4) > 100
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "clip.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (20, 16) and len(list(reader)) == 4
+    sheet = contact_sheet([video, video])
+    assert sheet.shape == (2 * (8 + 2) + 2, 4 * (10 + 2) + 2, 3)
+    assert np.array_equal(sheet[2:10, 2:12], video[0])
+    out = save_grid(tmp_path / "grid.gif", [video] * 3, fps=4, scale=1)
+    assert Image.open(out[0]).size == (20, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        save_video(tmp_path / "bad.gif", video.astype(np.float32))

@@ -1,0 +1,147 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2v_model import ModelConfigError, Unet3D, UnetConfig
+from t2v_model.attention import RelativePositionBias, apply_rotary, attention_with_bias, rotary_cis
+
+
+def tiny(**kw) -> Unet3D:
+    torch.manual_seed(0)
+    cfg = dict(dim=8, dim_mults=(1, 2, 4), cond_dim=16, attn_heads=2, attn_dim_head=8)
+    cfg.update(kw)
+    return Unet3D(UnetConfig(**cfg))
+
+
+@pytest.mark.parametrize("frames,height,width", [(1, 8, 8), (3, 9, 11), (7, 16, 12), (4, 5, 3)])
+def test_output_shape_matches_input_for_odd_frames_and_sizes(frames, height, width):
+    model = tiny()
+    x = torch.randn(2, 3, frames, height, width)
+    out = model(x, torch.tensor([0, 999]), torch.randn(2, 16))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+def test_cross_attention_uses_tokens_and_respects_mask():
+    model = tiny(cross_attn=True)
+    x, t, text = torch.randn(1, 3, 3, 8, 8), torch.tensor([10]), torch.randn(1, 16)
+    tokens = torch.randn(1, 5, 16)
+    mask = torch.tensor([[True, True, False, False, False]])
+    out = model(x, t, text, tokens=tokens, token_mask=mask)
+    # changing masked-out tokens changes nothing; changing a visible token changes the output
+    tokens2 = tokens.clone()
+    tokens2[:, 3:] += 10
+    assert torch.allclose(out, model(x, t, text, tokens=tokens2, token_mask=mask), atol=1e-6)
+    tokens2[:, 0] += 10
+    assert not torch.allclose(out, model(x, t, text, tokens=tokens2, token_mask=mask), atol=1e-4)
+    with pytest.raises(ValueError, match="cross_attn"):
+        model(x, t, text)
+
+
+def test_drop_text_replaces_caption_with_learned_null_embedding():
+    model = tiny()
+    x, t = torch.randn(2, 3, 2, 8, 8), torch.tensor([5, 5])
+    drop = torch.tensor([True, True])
+    a = model(x, t, torch.randn(2, 16), drop_text=drop)
+    b = model(x, t, torch.randn(2, 16), drop_text=drop)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, model(x, t, torch.randn(2, 16)))
+    # the null embedding gets a gradient when used (the reference never trained it)
+    a.sum().backward()
+    assert model.null_text_emb.grad is not None and model.null_text_emb.grad.abs().sum() > 0
+
+
+def test_text_changes_output_and_frames_interact():
+    model = tiny()
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([100])
+    text = torch.randn(1, 16)
+    out = model(x, t, text)
+    assert not torch.allclose(out, model(x, t, text + 1))
+    # temporal attention: perturbing frame 0 changes the output at frame 3
+    x2 = x.clone()
+    x2[:, :, 0] += 1
+    assert not torch.allclose(out[:, :, 3], model(x2, t, text)[:, :, 3], atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads():
+    model = tiny()
+    x, t, text = torch.randn(2, 3, 3, 8, 8), torch.tensor([1, 2]), torch.randn(2, 16)
+    model(x, t, text).square().mean().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing = True
+    model(x, t, text).square().mean().backward()
+    for n, p in model.named_parameters():
+        if n in ref:
+            assert torch.allclose(p.grad, ref[n], atol=1e-6), n
+
+
+def test_rotary_matches_rotary_embedding_torch():
+    rotary_embedding_torch = pytest.importorskip("rotary_embedding_torch")
+    rot = rotary_embedding_torch.RotaryEmbedding(16)
+    q = torch.randn(3, 8, 7, 16)  # (N, heads, T, d) as the library expects
+    ref = rot.rotate_queries_or_keys(q)
+    cis = rotary_cis(7, 16, q.device)
+    ours = apply_rotary(q.transpose(1, 2), cis).transpose(1, 2)  # ours works on (N, T, heads, d)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    # partial rotation: only the first 16 of 24 channels are rotated
+    q24 = torch.randn(2, 5, 3, 24)
+    out = apply_rotary(q24, rotary_cis(5, 16, q.device))
+    assert torch.equal(out[..., 16:], q24[..., 16:])
+
+
+@pytest.mark.parametrize("frames", [1, 5, 16])
+def test_attention_with_bias_is_exact_softmax_attention_with_bias(frames):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 4, frames, 32, requires_grad=True) for _ in range(3))
+    bias = torch.randn(4, frames, frames, requires_grad=True)
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5 + bias, dim=-1) @ v
+    ours = attention_with_bias(q, k, v, bias)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (q, k, v, bias), g)
+    grads = torch.autograd.grad(ours, (q, k, v, bias), g)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_relative_position_bias_is_translation_invariant():
+    rpb = RelativePositionBias(heads=3, max_distance=32)
+    bias = rpb(6, torch.device("cpu"))
+    assert bias.shape == (3, 6, 6)
+    assert torch.equal(bias[:, 0, 1], bias[:, 3, 4]) and torch.equal(bias[:, 2, 0], bias[:, 5, 3])
+    assert not torch.equal(bias[:, 0, 1], bias[:, 1, 0])  # direction matters
+
+
+def test_tiny_unet_overfits_one_batch():
+    model = tiny(dim_mults=(1, 2))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 8, 8, generator=g)
+    t = torch.tensor([50, 700])
+    text = torch.randn(2, 16, generator=g)
+    target = torch.randn(2, 3, 4, 8, 8, generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        loss = F.mse_loss(model(x, t, text), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ModelConfigError, match="resnet_groups"):
+        Unet3D(UnetConfig(dim=12, resnet_groups=8))
+    with pytest.raises(ModelConfigError, match="init_kernel_size"):
+        Unet3D(UnetConfig(init_kernel_size=4))
+    model = tiny()
+    with pytest.raises(ValueError, match="text embedding"):
+        model(torch.randn(1, 3, 2, 8, 8), torch.tensor([1]), torch.randn(1, 17))
+
+
+def test_seed_config_parameter_count_matches_reference_architecture():
+    # the seed config (dim 64, mults 1,2,4,8, 768-d BERT) is ~41.8 M parameters, like video-diffusion-pytorch's
+    model = Unet3D(UnetConfig(dim=64, dim_mults=(1, 2, 4, 8), cond_dim=768))
+    assert 41.0e6 < model.num_parameters() < 42.5e6
