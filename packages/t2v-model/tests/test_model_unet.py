@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from t2v_model import ModelConfigError, Unet3D, UnetConfig
-from t2v_model.attention import RelativePositionBias, apply_rotary, attention_with_bias, rotary_cis
+from t2v_model.attention import RelativePositionBias, TemporalAttention, apply_rotary, rotary_cis
 
 
 def tiny(**kw) -> Unet3D:
@@ -90,19 +90,35 @@ def test_rotary_matches_rotary_embedding_torch():
     assert torch.equal(out[..., 16:], q24[..., 16:])
 
 
-@pytest.mark.parametrize("frames", [1, 5, 16])
-def test_attention_with_bias_is_exact_softmax_attention_with_bias(frames):
+def reference_temporal_attention(layer: TemporalAttention, x, frames, bias, cis):
+    """The textbook computation: LN -> q,k,v -> rotary on q,k -> softmax(q k^T / sqrt(d) + bias) v -> out."""
+    bt, c, h, w = x.shape
+    b = bt // frames
+    seq = x.reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c)
+    q, k, v = layer.to_qkv(layer.norm(seq)).unflatten(-1, (3, layer.heads, layer.dim_head)).unbind(2)
+    q, k = apply_rotary(q, cis), apply_rotary(k, cis)
+    q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+    att = torch.softmax(q @ k.transpose(-1, -2) / layer.dim_head**0.5 + bias, dim=-1) @ v
+    out = layer.to_out(att.transpose(1, 2).flatten(2))
+    return x + out.reshape(b, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bt, c, h, w)
+
+
+@pytest.mark.parametrize("frames,dim_head", [(1, 8), (5, 32), (16, 32), (3, 48)])
+def test_temporal_attention_equals_textbook_attention_with_grads(frames, dim_head):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(6, 4, frames, 32, requires_grad=True) for _ in range(3))
-    bias = torch.randn(4, frames, frames, requires_grad=True)
-    ref = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5 + bias, dim=-1) @ v
-    ours = attention_with_bias(q, k, v, bias)
+    layer = TemporalAttention(12, heads=2, dim_head=dim_head)
+    rpb = RelativePositionBias(2)
+    x = torch.randn(2 * frames, 12, 3, 5, requires_grad=True)
+    cis = rotary_cis(frames, min(32, dim_head), x.device)
+    ours = layer(x, frames, rpb(frames, x.device), cis)
+    ref = reference_temporal_attention(layer, x, frames, rpb(frames, x.device), cis)
     assert torch.allclose(ours, ref, atol=1e-5)
     g = torch.randn_like(ref)
-    grads_ref = torch.autograd.grad(ref, (q, k, v, bias), g)
-    grads = torch.autograd.grad(ours, (q, k, v, bias), g)
-    for a, b in zip(grads, grads_ref):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    params = [x, layer.to_qkv.weight, layer.to_out.weight, layer.norm.weight, rpb.relative_attention_bias.weight]
+    grads = torch.autograd.grad(ours, params, g)
+    grads_ref = torch.autograd.grad(ref, params, g)
+    for name, a, b in zip(["x", "to_qkv", "to_out", "norm", "bias"], grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
 
 
 def test_relative_position_bias_is_translation_invariant():

@@ -13,17 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel dim of a `(N, C, H, W)` map (the seed's PreNorm)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class RelativePositionBias(nn.Module):
     """T5-style bucketed relative position bias for temporal attention: returns `(heads, T, T)`."""
 
@@ -72,27 +61,22 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
 
 
-def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for (N, heads, T, d) inputs and a learnable (heads, T, T) bias.
-
-    The fused (flash) SDPA kernels take no mask that needs a gradient, so the bias is folded into the dot product
-    instead: q gets T extra one-hot channels (position i), k gets T channels holding bias[:, :, j] / scale. Then
-    q'.k'_j * scale = q.k_j * scale + bias[i, j] exactly. Extra channels are padded to a multiple of 8 (GPU kernels
-    want it) and v is zero-padded to the same width (the CPU flash kernel needs equal widths)."""
-    n, heads, t, d = q.shape
-    scale = d**-0.5
-    width = -(-(d + t) // 8) * 8
-    extra = width - d
-    eye = torch.eye(t, extra, device=q.device, dtype=q.dtype).expand(n, heads, t, extra)
-    bias_k = F.pad(bias.transpose(-1, -2).to(q.dtype) / scale, (0, extra - t)).expand(n, heads, t, extra)
-    q = torch.cat((q, eye), dim=-1)
-    k = torch.cat((k, bias_k), dim=-1)
-    v = F.pad(v, (0, extra))
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :d]
+def padded_width(dim_head: int, frames: int) -> int:
+    """Head width once T bias channels are appended (see TemporalAttention), rounded up to a multiple of 8."""
+    return -(-(dim_head + frames) // 8) * 8
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention across frames at every pixel, with rotary embeddings and a relative position bias."""
+    """Self-attention across frames at every pixel, with rotary embeddings and a relative position bias.
+
+    Computes softmax(q_i . k_j / sqrt(d) + bias[i, j]) v with q_i = R_i W_q x_i, k_j = R_j W_k x_j (R = rotary).
+    The fused (flash) SDPA kernels take no attention mask that needs a gradient, so the learned bias is folded into
+    the dot product instead: q_i gets T extra channels holding a one-hot of i, k_j gets T channels holding
+    bias[:, j] / scale, so that q'_i . k'_j * scale = q_i . k_j * scale + bias[i, j] exactly (v is zero-padded to the
+    same width). Rotary and these extra channels depend only on the frame index, so frame i's projection is a weight
+    R_i W (+ a constant): the whole q/k/v projection is one batched matmul over frames. Parameters stay those of a
+    plain attention layer; tests check it against the textbook computation, gradients included.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -102,40 +86,69 @@ class TemporalAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
+    def projection(self, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor):
+        """Per-frame weight (T, C, 3*heads*width) and constant (T, 1, 3*heads*width) of the folded q/k/v projection."""
+        heads, d, t = self.heads, self.dim_head, frames
+        width = padded_width(d, t)
+        scale = d**-0.5
+        w = self.to_qkv.weight.unflatten(0, (3, heads, d))  # (3, heads, d, C)
+        rot = cis.shape[-1] * 2
+        # rotate q and k weights per frame: adjacent output-channel pairs are complex numbers times e^(i theta)
+        qk = w[:2, :, :rot].float().transpose(-1, -2).unflatten(-1, (rot // 2, 2))  # (2, heads, C, rot/2, 2)
+        qk = torch.view_as_real(torch.view_as_complex(qk.contiguous()) * cis.reshape(t, 1, 1, 1, -1))
+        qk = qk.flatten(-2).transpose(-1, -2).to(w.dtype)  # (T, 2, heads, rot, C)
+        qk = torch.cat((qk, w[:2, :, rot:].expand(t, -1, -1, -1, -1)), dim=3)
+        v = w[2:].expand(t, -1, -1, -1, -1)
+        weight = F.pad(torch.cat((qk, v), dim=1), (0, 0, 0, width - d))  # (T, 3, heads, width, C)
+        weight = weight.permute(0, 4, 1, 2, 3).reshape(t, -1, 3 * heads * width)
+        # constants: q gets a one-hot of its frame, k (frame j) gets bias[:, :, j] / scale, in channels d..d+T
+        eye = torch.eye(t, device=w.device, dtype=w.dtype)[:, None, :].expand(t, heads, t)
+        kbias = pos_bias.to(w.dtype).permute(2, 0, 1) / scale  # (T_j, heads, T_i)
+        const = torch.stack((eye, kbias, torch.zeros_like(eye)), dim=1)  # (T, 3, heads, T)
+        const = F.pad(const, (d, width - d - t)).reshape(t, 1, 3 * heads * width)
+        return weight, const
+
     def forward(self, x: torch.Tensor, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
         bt, c, h, w = x.shape
-        b = bt // frames
-        # (B*T, C, H, W) -> (B*H*W, T, C)
-        seq = x.reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c)
-        q, k, v = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head)).unbind(2)
-        q, k = apply_rotary(q, cis), apply_rotary(k, cis)
-        out = attention_with_bias(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos_bias)
-        out = self.to_out(out.transpose(1, 2).flatten(2))
+        b, t, n = bt // frames, frames, (bt // frames) * h * w
+        # (B*T, C, H, W) -> (T, B*H*W, C): one sequence of T frames per pixel
+        seq = x.reshape(b, t, c, h, w).permute(1, 0, 3, 4, 2).reshape(t, n, c)
+        weight, const = self.projection(t, pos_bias, cis)
+        qkv = torch.baddbmm(const.to(seq.dtype), self.norm(seq), weight.to(seq.dtype))  # (T, N, 3*heads*width)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 1, 3, 0, 4).unbind(0)  # (N, heads, T, width)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.dim_head**-0.5)[..., : self.dim_head]
+        out = self.to_out(out.permute(2, 0, 1, 3).reshape(t, n, -1))  # (T, N, C)
         # back to (B*T, C, H, W), laid out channels-last like the rest of the network
-        out = out.reshape(b, h, w, frames, c).permute(0, 3, 1, 2, 4).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+        out = out.reshape(t, b, h, w, c).transpose(0, 1).reshape(bt, h, w, c).permute(0, 3, 1, 2)
         return x + out
 
 
 class SpatialLinearAttention(nn.Module):
-    """Linear attention over the pixels of each frame (Shen et al.; the seed's `SpatialLinearAttention`)."""
+    """Linear attention over the pixels of each frame (Shen et al.; the seed's `SpatialLinearAttention`).
+
+    softmax over channels for q, over pixels for k; context = k^T v per head, out = q context. Works on the
+    channels-last view (N, H*W, C) so the norm and projections need no transposes."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.heads = heads
+        self.dim_head = dim_head
         self.scale = dim_head**-0.5
         hidden = heads * dim_head
-        self.norm = ChannelLayerNorm(dim)
-        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
-        self.to_out = nn.Conv2d(hidden, dim, 1)
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, hidden * 3, bias=False)
+        self.to_out = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        q, k, v = self.to_qkv(self.norm(x)).reshape(n, 3, self.heads, -1, h * w).unbind(1)
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        context = torch.einsum("bhdn,bhen->bhde", k, v)
-        out = torch.einsum("bhde,bhdn->bhen", context, q)
-        return x + self.to_out(out.reshape(n, -1, h, w))
+        n, c, h, w = x.shape
+        seq = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        q, k, v = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head)).unbind(2)  # (N, P, h, d)
+        q = q.softmax(dim=-1) * self.scale
+        k = k.softmax(dim=1)
+        context = torch.einsum("nphd,nphe->nhde", k, v)
+        out = torch.einsum("nhde,nphd->nphe", context, q).reshape(n, h * w, -1)
+        out = self.to_out(out).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return x + out
 
 
 class SpatialAttention(nn.Module):
@@ -145,13 +158,13 @@ class SpatialAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.dim_head = dim_head
-        self.norm = ChannelLayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        seq = self.norm.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))
+        seq = self.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))
         q, k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2) for t in self.to_qkv(seq).chunk(3, -1))
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.to_out(out.transpose(1, 2).flatten(2))
@@ -170,7 +183,7 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.dim_head = dim_head
         hidden = heads * dim_head
-        self.norm = ChannelLayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, hidden, bias=False)
         self.to_kv = nn.Linear(context_dim, hidden * 2, bias=False)
         self.to_out = nn.Linear(hidden, dim, bias=False)
@@ -178,7 +191,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         bt, c, h, w = x.shape
         b = bt // frames
-        seq = self.norm.norm(x.permute(0, 2, 3, 1).reshape(b, frames * h * w, c))
+        seq = self.norm(x.permute(0, 2, 3, 1).reshape(b, frames * h * w, c))
         q = self.to_q(seq).unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
         k, v = (t.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2) for t in self.to_kv(context).chunk(2, -1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
