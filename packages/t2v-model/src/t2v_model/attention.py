@@ -44,39 +44,27 @@ class RelativePositionBias(nn.Module):
 
 
 def rotary_cis(frames: int, rot_dim: int, device: torch.device, theta: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al.) as unit complex numbers, `(T, 1, rot_dim/2)`.
+    """Rotary position embedding (Su et al.) as unit complex numbers, `(T, rot_dim/2)`.
 
     Same convention as rotary-embedding-torch (adjacent channel pairs rotated by position * theta^(-2i/d)); applying it
     is one complex multiply instead of the usual rotate-half cat/mul dance."""
     freqs = theta ** (-torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
     angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
-    return torch.polar(torch.ones_like(angles), angles)[:, None, :]
+    return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `2*cis.shape[-1]` channels of `x` (..., T, heads, d) by the per-frame angles in `cis`."""
+    """Rotate the first `2*cis.shape[-1]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
+    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2))."""
     rot = cis.shape[-1] * 2
     x_rot = torch.view_as_complex(x[..., :rot].float().unflatten(-1, (-1, 2)))
     out = torch.view_as_real(x_rot * cis).flatten(-2).to(x.dtype)
     return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
 
 
-def padded_width(dim_head: int, frames: int) -> int:
-    """Head width once T bias channels are appended (see TemporalAttention), rounded up to a multiple of 8."""
-    return -(-(dim_head + frames) // 8) * 8
-
-
 class TemporalAttention(nn.Module):
-    """Self-attention across frames at every pixel, with rotary embeddings and a relative position bias.
-
-    Computes softmax(q_i . k_j / sqrt(d) + bias[i, j]) v with q_i = R_i W_q x_i, k_j = R_j W_k x_j (R = rotary).
-    The fused (flash) SDPA kernels take no attention mask that needs a gradient, so the learned bias is folded into
-    the dot product instead: q_i gets T extra channels holding a one-hot of i, k_j gets T channels holding
-    bias[:, j] / scale, so that q'_i . k'_j * scale = q_i . k_j * scale + bias[i, j] exactly (v is zero-padded to the
-    same width). Rotary and these extra channels depend only on the frame index, so frame i's projection is a weight
-    R_i W (+ a constant): the whole q/k/v projection is one batched matmul over frames. Parameters stay those of a
-    plain attention layer; tests check it against the textbook computation, gradients included.
-    """
+    """Self-attention across the frames of every pixel: rotary embeddings on q/k and a learned relative position
+    bias added to the logits, softmax(q k^T / sqrt(d) + bias) v, through SDPA (the bias is the attention mask)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -86,40 +74,19 @@ class TemporalAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, heads * dim_head * 3, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
-    def projection(self, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor):
-        """Per-frame weight (T, C, 3*heads*width) and constant (T, 1, 3*heads*width) of the folded q/k/v projection."""
-        heads, d, t = self.heads, self.dim_head, frames
-        width = padded_width(d, t)
-        scale = d**-0.5
-        w = self.to_qkv.weight.unflatten(0, (3, heads, d))  # (3, heads, d, C)
-        rot = cis.shape[-1] * 2
-        # rotate q and k weights per frame: adjacent output-channel pairs are complex numbers times e^(i theta)
-        qk = w[:2, :, :rot].float().transpose(-1, -2).unflatten(-1, (rot // 2, 2))  # (2, heads, C, rot/2, 2)
-        qk = torch.view_as_real(torch.view_as_complex(qk.contiguous()) * cis.reshape(t, 1, 1, 1, -1))
-        qk = qk.flatten(-2).transpose(-1, -2).to(w.dtype)  # (T, 2, heads, rot, C)
-        qk = torch.cat((qk, w[:2, :, rot:].expand(t, -1, -1, -1, -1)), dim=3)
-        v = w[2:].expand(t, -1, -1, -1, -1)
-        weight = F.pad(torch.cat((qk, v), dim=1), (0, 0, 0, width - d))  # (T, 3, heads, width, C)
-        weight = weight.permute(0, 4, 1, 2, 3).reshape(t, -1, 3 * heads * width)
-        # constants: q gets a one-hot of its frame, k (frame j) gets bias[:, :, j] / scale, in channels d..d+T
-        eye = torch.eye(t, device=w.device, dtype=w.dtype)[:, None, :].expand(t, heads, t)
-        kbias = pos_bias.to(w.dtype).permute(2, 0, 1) / scale  # (T_j, heads, T_i)
-        const = torch.stack((eye, kbias, torch.zeros_like(eye)), dim=1)  # (T, 3, heads, T)
-        const = F.pad(const, (d, width - d - t)).reshape(t, 1, 3 * heads * width)
-        return weight, const
-
     def forward(self, x: torch.Tensor, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
         bt, c, h, w = x.shape
-        b, t, n = bt // frames, frames, (bt // frames) * h * w
-        # (B*T, C, H, W) -> (T, B*H*W, C): one sequence of T frames per pixel
-        seq = x.reshape(b, t, c, h, w).permute(1, 0, 3, 4, 2).reshape(t, n, c)
-        weight, const = self.projection(t, pos_bias, cis)
-        qkv = torch.baddbmm(const.to(seq.dtype), self.norm(seq), weight.to(seq.dtype))  # (T, N, 3*heads*width)
-        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 1, 3, 0, 4).unbind(0)  # (N, heads, T, width)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.dim_head**-0.5)[..., : self.dim_head]
-        out = self.to_out(out.permute(2, 0, 1, 3).reshape(t, n, -1))  # (T, N, C)
+        b, t = bt // frames, frames
+        n = b * h * w
+        # (B*T, C, H, W) -> (B*H*W, T, C): one sequence of T frames per pixel
+        seq = x.reshape(b, t, c, h, w).permute(0, 3, 4, 1, 2).reshape(n, t, c)
+        qkv = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head))  # (N, T, 3, heads, d)
+        qk = apply_rotary(qkv[:, :, :2], cis[:, None, None, :])  # q and k rotated in one op
+        q, k, v = (z.transpose(1, 2) for z in (qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]))  # (N, heads, T, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype)[None])
+        out = self.to_out(out.transpose(1, 2).reshape(n, t, -1))  # (N, T, C)
         # back to (B*T, C, H, W), laid out channels-last like the rest of the network
-        out = out.reshape(t, b, h, w, c).transpose(0, 1).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+        out = out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4).reshape(bt, h, w, c).permute(0, 3, 1, 2)
         return x + out
 
 
