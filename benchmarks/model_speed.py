@@ -53,18 +53,20 @@ def build_peer(args):
     return model, forward, guided
 
 
-def measure(model, forward, guided, inputs, reps: int):
+def measure(model, forward, guided, inputs, reps: int, bf16: bool = False):
     x, t, text = inputs
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def train_step():
-        loss = (forward(x, t, text) - x).abs().mean()
+        with autocast():
+            loss = (forward(x, t, text).float() - x).abs().mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def denoise_step():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             guided(x, t, text)
 
     model.train()
@@ -95,6 +97,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time every model under CPU bf16 autocast (weights and optimizer stay fp32)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,25 +110,29 @@ def main():
         torch.randint(0, 1000, (args.batch,), generator=g),
         torch.randn(args.batch, args.cond_dim, generator=g),
     )
-    models = {"t2v": build_ours(args)}
+    built = {"t2v": build_ours(args)}
     try:
-        models["video-diffusion-pytorch"] = build_peer(args)
+        built["video-diffusion-pytorch"] = build_peer(args)
     except ImportError:
         print("(peer not installed: run with `uv run --with video-diffusion-pytorch==0.7.0 ...` to compare)")
+    # (name, model parts, bf16 autocast?)
+    runs = [(name, parts, False) for name, parts in built.items()]
+    if args.bf16:
+        runs += [(f"{name} (bf16 autocast)", parts, True) for name, parts in built.items()]
 
-    results = {name: {"train_ms": [], "denoise_ms": []} for name in models}
-    for name, (model, fwd, guided) in models.items():  # warm-up
+    results = {name: {"train_ms": [], "denoise_ms": []} for name, _, _ in runs}
+    for name, (model, fwd, guided), bf16 in runs:  # warm-up
         results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-        measure(model, fwd, guided, inputs, 2)
+        measure(model, fwd, guided, inputs, 2, bf16)
     for _ in range(args.rounds):
-        for name, (model, fwd, guided) in models.items():
-            train, denoise = measure(model, fwd, guided, inputs, args.reps)
+        for name, (model, fwd, guided), bf16 in runs:
+            train, denoise = measure(model, fwd, guided, inputs, args.reps, bf16)
             results[name]["train_ms"] += train
             results[name]["denoise_ms"] += denoise
 
     geometry = f"{args.frames}x{args.size}x{args.size}, batch {args.batch}, dim {args.dim}, mults {args.mults}"
     print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}")
-    print(f"{'model':<26}{'params (M)':>11}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
+    print(f"{'model':<42}{'params (M)':>11}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
     summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
     for name, r in results.items():
         train = statistics.median(r["train_ms"])
@@ -135,12 +143,18 @@ def main():
             "train_samples_per_s": round(args.batch * 1000 / train, 2),
             "guided_denoise_step_ms": round(denoise, 1),
         }
-        print(f"{name:<26}{r['params_M']:>11}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
-    if len(results) == 2:
-        ours, peer = summary["models"]["t2v"], summary["models"]["video-diffusion-pytorch"]
-        summary["speedup_train"] = round(peer["train_step_ms"] / ours["train_step_ms"], 2)
-        summary["speedup_denoise_step"] = round(peer["guided_denoise_step_ms"] / ours["guided_denoise_step_ms"], 2)
-        print(f"speed-up: train step x{summary['speedup_train']}, guided denoise step x{summary['speedup_denoise_step']}")
+        print(f"{name:<42}{r['params_M']:>11}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
+    models = summary["models"]
+    peer = models.get("video-diffusion-pytorch")
+    if peer:
+        summary["speedups_vs_peer_fp32"] = {}
+        for name in [n for n in models if n.startswith("t2v")]:
+            ours = models[name]
+            ratio = {"train_step": round(peer["train_step_ms"] / ours["train_step_ms"], 2),
+                     "guided_denoise_step": round(peer["guided_denoise_step_ms"] / ours["guided_denoise_step_ms"], 2)}
+            summary["speedups_vs_peer_fp32"][name] = ratio
+            print(f"speed-up of {name} over the peer (fp32): train step x{ratio['train_step']}, "
+                  f"guided denoise step x{ratio['guided_denoise_step']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

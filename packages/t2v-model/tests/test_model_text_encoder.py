@@ -1,0 +1,112 @@
+"""The frozen BERT wrapper, on the packaged all-MiniLM-L6-v2 (offline)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from t2v_model.text_encoder import (
+    PACKAGED_ID,
+    TextEncoder,
+    TextEncoderError,
+    load_text_encoder,
+    masked_mean,
+    packaged_model_path,
+)
+
+
+@pytest.fixture(scope="module")
+def enc() -> TextEncoder:
+    return load_text_encoder(None)
+
+
+def test_packaged_model_identity(enc):
+    assert enc.id == PACKAGED_ID
+    assert enc.dim == 384
+    assert len(enc.weights_hash) == 16 and int(enc.weights_hash, 16) >= 0
+    assert not enc.model.training
+    assert all(not p.requires_grad for p in enc.model.parameters())
+    assert enc.encode("a red circle").pooled.shape == (1, 384)
+
+
+def test_cache_returns_same_instance_and_path_maps_to_packaged_id(enc):
+    assert load_text_encoder(PACKAGED_ID) is enc
+    assert load_text_encoder(str(packaged_model_path())) is enc
+
+
+def test_pooled_is_masked_mean_without_cls_and_padding(enc):
+    texts = ["a red circle moving left", "a tiny blue square bouncing slowly across a grey background"]
+    batch = enc.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = enc.model(**batch).last_hidden_state
+    expected = []
+    for i in range(len(texts)):
+        n = int(batch["attention_mask"][i].sum())  # [CLS] words [SEP]
+        expected.append(hidden[i, 1:n].mean(0))  # [SEP] in, [CLS] and padding out
+    expected = torch.stack(expected)
+    got = enc.encode(texts).pooled
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # the choice matters: including [CLS] gives a clearly different vector
+    with_cls = hidden[0, : int(batch["attention_mask"][0].sum())].mean(0)
+    assert (got[0] - with_cls).abs().max() > 1e-3
+
+
+def test_deterministic_and_padding_invariant(enc):
+    short = "a green triangle"
+    alone = enc.encode([short]).pooled
+    again = enc.encode([short]).pooled
+    assert torch.equal(alone, again)
+    longer = "a large green triangle spinning clockwise in the top left corner of a dark background " * 2
+    batched = enc.encode([longer, short, "x"]).pooled
+    torch.testing.assert_close(batched[1], alone[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-2)
+
+
+def test_tokens_mask_and_explicit_truncation(enc, caplog):
+    enc8 = TextEncoder(None, max_length=8)
+    long_text = "one two three four five six seven eight nine ten"
+    with caplog.at_level("WARNING"):
+        out = enc8.encode([long_text, "red dot"], tokens=True)
+    assert out.num_truncated == 1
+    assert "1 of 2 texts" in caplog.text and "max_length=8" in caplog.text
+    assert out.tokens.shape == (2, 8, 384) and out.mask.shape == (2, 8)
+    assert out.mask[0].all()
+    assert out.mask[1].tolist() == [True] * 4 + [False] * 4  # [CLS] red dot [SEP]
+    assert out.tokens[1, 4:].abs().sum() == 0  # padding zeroed
+    assert torch.allclose(out.pooled, masked_mean(out.tokens, out.mask), atol=1e-5)
+    # the truncated text is the first 6 word pieces + [SEP], exactly as the tokenizer's own truncation
+    ref = enc8.tokenizer([long_text], truncation=True, max_length=8)["input_ids"][0]
+    assert enc8.tokenize([long_text])[0][0] == ref
+    # within max_length nothing is cut and the pooled vector matches the default encoder
+    torch.testing.assert_close(out.pooled[1], enc.encode(["red dot"]).pooled[0], atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    enc = load_text_encoder(None)
+    with pytest.raises(TextEncoderError, match=r"texts\[1\] is int"):
+        enc.encode(["ok", 3])
+    with pytest.raises(TextEncoderError, match="at least one"):
+        enc.encode([])
+    with pytest.raises(TextEncoderError, match="only supported on GPU"):
+        TextEncoder(None, dtype="bfloat16")
+    with pytest.raises(TextEncoderError, match="max_length: 1000 exceeds"):
+        TextEncoder(None, max_length=1000)
+    with pytest.raises(TextEncoderError, match="no such model directory"):
+        TextEncoder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TextEncoderError, match="cannot load from"):
+        TextEncoder(tmp_path / "empty")
+
+
+def test_hub_name_offline_says_network_or_local_path(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TextEncoderError) as info:
+        TextEncoder("t2v-test/definitely-not-cached-bert")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "t2v-test/definitely-not-cached-bert" in msg and "network" in msg and "local model directory" in msg

@@ -1,0 +1,88 @@
+"""Persistent caption-embedding cache: sqlite, keyed by (encoder id@weights hash, max_length, caption text).
+
+Vectors are stored as float16 bytes (the precision of the shards), never pickled. Token embeddings are stored for
+the real tokens only (length rows); a row without tokens is a miss when tokens are wanted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    encoder TEXT NOT NULL,
+    max_length INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    pooled BLOB NOT NULL,
+    tokens BLOB,
+    length INTEGER,
+    PRIMARY KEY (encoder, max_length, text)
+) WITHOUT ROWID
+"""
+_CHUNK = 500  # stay under sqlite's host-parameter limit
+
+
+@dataclass
+class CachedEmbedding:
+    pooled: np.ndarray  # float16 (D,)
+    tokens: np.ndarray | None = None  # float16 (length, D): real tokens only
+
+
+class EmbeddingCache:
+    FILE = "text_embeddings.sqlite"
+
+    def __init__(self, cache_dir: str | Path | None, encoder_key: str, max_length: int, dim: int):
+        self.encoder_key, self.max_length, self.dim = encoder_key, max_length, dim
+        if cache_dir is None:
+            self.path = None
+            self.db = sqlite3.connect(":memory:")
+        else:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            self.path = Path(cache_dir) / self.FILE
+            self.db = sqlite3.connect(self.path, timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(_SCHEMA)
+        self.db.commit()
+
+    def get_many(self, texts: Iterable[str], tokens: bool) -> dict[str, CachedEmbedding]:
+        """The cached entries among `texts` (with tokens when `tokens`; rows lacking them are left out)."""
+        texts = list(dict.fromkeys(texts))
+        found: dict[str, CachedEmbedding] = {}
+        cols = "text, pooled, tokens, length" if tokens else "text, pooled, NULL, NULL"
+        for start in range(0, len(texts), _CHUNK):
+            chunk = texts[start : start + _CHUNK]
+            rows = self.db.execute(
+                f"SELECT {cols} FROM embeddings WHERE encoder = ? AND max_length = ? "
+                f"AND text IN ({','.join('?' * len(chunk))})",
+                (self.encoder_key, self.max_length, *chunk),
+            )
+            for text, pooled, tok, length in rows:
+                if tokens and tok is None:
+                    continue
+                entry = CachedEmbedding(np.frombuffer(pooled, dtype=np.float16))
+                if tok is not None:
+                    entry.tokens = np.frombuffer(tok, dtype=np.float16).reshape(length, self.dim)
+                found[text] = entry
+        return found
+
+    def missing(self, texts: Iterable[str], tokens: bool) -> list[str]:
+        texts = list(dict.fromkeys(texts))
+        have = self.get_many(texts, tokens)
+        return [t for t in texts if t not in have]
+
+    def put_many(self, entries: dict[str, CachedEmbedding]) -> None:
+        rows = []
+        for text, e in entries.items():
+            tok = None if e.tokens is None else e.tokens.astype(np.float16).tobytes()
+            length = None if e.tokens is None else len(e.tokens)
+            rows.append((self.encoder_key, self.max_length, text, e.pooled.astype(np.float16).tobytes(), tok, length))
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self.db.close()

