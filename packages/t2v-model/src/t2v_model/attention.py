@@ -57,9 +57,11 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """Rotate the first `2*cis.shape[-1]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
     leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2))."""
     rot = cis.shape[-1] * 2
-    x_rot = torch.view_as_complex(x[..., :rot].float().unflatten(-1, (-1, 2)))
+    # split (not slicing) so the backward concatenates instead of zero-filling full-size gradients
+    x_rot, x_pass = x.split([rot, x.shape[-1] - rot], dim=-1)
+    x_rot = torch.view_as_complex(x_rot.float().unflatten(-1, (-1, 2)))
     out = torch.view_as_real(x_rot * cis).flatten(-2).to(x.dtype)
-    return out if rot == x.shape[-1] else torch.cat((out, x[..., rot:]), dim=-1)
+    return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
 
 
 class TemporalAttention(nn.Module):
@@ -80,9 +82,10 @@ class TemporalAttention(nn.Module):
         n = b * h * w
         # (B*T, C, H, W) -> (B*H*W, T, C): one sequence of T frames per pixel
         seq = x.reshape(b, t, c, h, w).permute(0, 3, 4, 1, 2).reshape(n, t, c)
-        qkv = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head))  # (N, T, 3, heads, d)
-        qk = apply_rotary(qkv[:, :, :2], cis[:, None, None, :])  # q and k rotated in one op
-        q, k, v = (z.transpose(1, 2) for z in (qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]))  # (N, heads, T, d)
+        qk, v = self.to_qkv(self.norm(seq)).split([2 * self.heads * self.dim_head, self.heads * self.dim_head], -1)
+        qk = apply_rotary(qk.unflatten(-1, (2, self.heads, self.dim_head)), cis[:, None, None, :])  # q, k in one op
+        q, k = (z.transpose(1, 2) for z in qk.unbind(2))  # (N, heads, T, d)
+        v = v.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype)[None])
         out = self.to_out(out.transpose(1, 2).reshape(n, t, -1))  # (N, T, C)
         # back to (B*T, C, H, W), laid out channels-last like the rest of the network
