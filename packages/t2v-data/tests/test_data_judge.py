@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from t2v_data.config import build
+from t2v_data.judge import judge_matches, judge_video
+from t2v_data.palette import COLORS
+from t2v_data.prepare_config import PrepareConfig
+from t2v_data.shapes import ShapesGenerator
+
+
+def clips(n, seed=0, **data):
+    g = ShapesGenerator(build(PrepareConfig, {"frames": 8, "size": 32, **data}, "data"), seed)
+    return [g.clip(i) for i in range(n)]
+
+
+def agreement(samples, noise=0.0, **judge_kw):
+    rng = np.random.default_rng(123)
+    hits = {"color": 0, "motion": 0, "shape": 0}
+    misses = []
+    for video, _, attrs in samples:
+        if noise:
+            video = np.clip(video + rng.normal(0, noise, video.shape), 0, 255).astype(np.uint8)
+        m = judge_matches(attrs, judge_video(video, **judge_kw))
+        for k, ok in m.items():
+            hits[k] += ok
+        if not (m["color"] and m["motion"]):
+            misses.append((attrs["color"], attrs["shape"], attrs["motion"]))
+    return {k: v / len(samples) for k, v in hits.items()}, misses
+
+
+def test_judge_reads_back_200_generated_clips_exactly():
+    acc, misses = agreement(clips(200))  # full default space: 4 shapes, 9 colours, 12 motions, 2 sizes/speeds
+    assert acc["color"] == 1.0 and acc["motion"] == 1.0, misses
+    assert acc["shape"] >= 0.98
+
+
+def test_judge_on_other_backgrounds_and_64px():
+    acc, misses = agreement(clips(80, seed=1, shapes={"backgrounds": ["black", "gray", "navy", "white"]}))
+    assert acc["color"] == 1.0 and acc["motion"] == 1.0, misses
+    acc, misses = agreement(clips(40, seed=2, size=64, frames=16))
+    assert acc["color"] == 1.0 and acc["motion"] == 1.0, misses
+
+
+def test_judge_is_robust_to_noise():
+    acc, misses = agreement(clips(100, seed=3), noise=35.0)
+    assert acc["color"] >= 0.97 and acc["motion"] >= 0.95, misses
+
+
+def test_judge_detects_wrong_colour_and_motion():
+    ((video, _, attrs),) = [c for c in clips(50) if c[2]["motion"] == "left" and c[2]["color"] != "blue"][:1]
+    j = judge_video(video)
+    assert judge_matches(attrs, j) == {"color": True, "motion": True, "shape": True}
+    recoloured = video.copy()
+    fg = (video.astype(int) - np.array(attrs["background_rgb"])).any(-1)
+    recoloured[fg] = COLORS["blue"]
+    reversed_ = recoloured[::-1]
+    j2 = judge_video(reversed_)
+    assert (j2.color, j2.motion) == ("blue", "right")
+    assert judge_matches(attrs, j2)["color"] is False and judge_matches(attrs, j2)["motion"] is False
+
+
+def test_judge_restricted_space_and_empty_video():
+    acc, _ = agreement(
+        clips(60, seed=4, shapes={"motions": ["left", "right", "up", "down"]}),
+        noise=20.0,
+        motions=["left", "right", "up", "down"],
+    )
+    assert acc["motion"] == 1.0
+    blank = np.full((8, 32, 32, 3), 7, np.uint8)
+    j = judge_video(blank)
+    assert j.color is None and j.motion is None and j.object_frames == 0
+    assert judge_matches({"color": "red", "motion": "left"}, j) == {"color": False, "motion": False, "shape": False}
+    with pytest.raises(ValueError, match="frames must be"):
+        judge_video(np.zeros((32, 32, 3), np.uint8))

@@ -1,0 +1,145 @@
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from t2v_data.config import build
+from t2v_data.errors import DataError
+from t2v_data.judge import judge_matches, judge_video
+from t2v_data.prepare import run_prepare, split_of
+from t2v_data.prepare_config import PrepareConfig
+from t2v_data.shards import iter_samples, read_manifest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def cfg_for(out, **data):
+    return build(
+        PrepareConfig,
+        {"out_dir": str(out), "num_samples": 60, "shard_max_samples": 16, "val_fraction": 0.2, **data},
+        "data",
+    )
+
+
+def tars(out):
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))}
+
+
+def test_shapes_shards_manifest_and_split(tmp_path):
+    s = run_prepare(cfg_for(tmp_path / "a"), seed=0, progress=False)
+    m = read_manifest(tmp_path / "a")
+    assert m["geometry"] == {"frames": 8, "height": 32, "width": 32, "channels": 3, "fps": 8}
+    assert m["stage"] == "prepare" and m["source"] == "shapes" and len(m["config_hash"]) == 64
+    assert s.counts["train"] + s.counts["val"] == 60 and s.rejects == 0
+    assert all(sh["count"] <= 16 for sp in m["splits"].values() for sh in sp["shards"])
+    keys = {}
+    for split in ("train", "val"):
+        samples = list(iter_samples(tmp_path / "a", split))
+        assert len(samples) == m["splits"][split]["count"]
+        keys[split] = {x["key"] for x in samples}
+        for x in samples:
+            assert split_of(x["meta"]["source_id"], 0.2) == split
+            assert x["video"].shape == (8, 32, 32, 3)
+            assert x["meta"]["captions"] and all(c.strip() for c in x["meta"]["captions"])
+            assert all(judge_matches(x["meta"]["attributes"], judge_video(x["video"])).values())
+    assert keys["val"] and not keys["train"] & keys["val"]
+    assert (tmp_path / "a" / "rejects.jsonl").read_text() == ""
+
+
+def test_rerun_is_idempotent_and_resumes(tmp_path):
+    out = tmp_path / "a"
+    run_prepare(cfg_for(out), seed=0, progress=False)
+    before, manifest = tars(out), (out / "manifest.json").read_bytes()
+    again = run_prepare(cfg_for(out), seed=0, progress=False)
+    assert again.written == 0 and again.skipped == len(before)
+    assert tars(out) == before and (out / "manifest.json").read_bytes() == manifest
+    (out / "train-000001.tar").unlink()  # as if interrupted: only that shard is redone, identically
+    (out / "manifest.json").unlink()
+    resumed = run_prepare(cfg_for(out), seed=0, progress=False)
+    assert resumed.written == 1 and tars(out) == before
+
+
+def test_workers_give_identical_bytes(tmp_path):
+    run_prepare(cfg_for(tmp_path / "one", workers=1), seed=0, progress=False)
+    run_prepare(cfg_for(tmp_path / "two", workers=2), seed=0, progress=False)
+    assert tars(tmp_path / "one") == tars(tmp_path / "two")
+
+
+def test_other_config_in_out_dir_is_refused(tmp_path):
+    out = tmp_path / "a"
+    run_prepare(cfg_for(out), seed=0, progress=False)
+    with pytest.raises(DataError, match=r"different data config.*new data.out_dir or --overwrite"):
+        run_prepare(cfg_for(out, num_samples=61), seed=0, progress=False)
+    s = run_prepare(cfg_for(out, num_samples=30), seed=0, overwrite=True, progress=False)
+    assert s.counts["train"] + s.counts["val"] == 30 and s.skipped == 0
+
+
+def test_digits_from_sklearn_and_idx(tmp_path):
+    s = run_prepare(
+        cfg_for(tmp_path / "d", source="digits", num_samples=12, size=64, frames=16), seed=0, progress=False
+    )
+    assert s.counts["train"] + s.counts["val"] == 12
+    x = next(iter_samples(tmp_path / "d", "train"))
+    assert x["video"].shape == (16, 64, 64, 3)
+    a = x["meta"]["attributes"]
+    assert x["meta"]["captions"][0].startswith(f"the digit {a['digit']} ")
+    assert x["video"][:, 0].max() == 0 and x["video"][:, :, -1].max() == 0  # fully inside the canvas
+
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[:, 6:22, 12:16] = 255  # a "1"-like bar
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in images.shape)
+    (mnist / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    (mnist / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([1, 1, 1]))
+    run_prepare(
+        cfg_for(tmp_path / "m", source="digits", num_samples=4, digits={"mnist_dir": str(mnist)}),
+        seed=0,
+        progress=False,
+    )
+    metas = [x["meta"] for sp in ("train", "val") for x in iter_samples(tmp_path / "m", sp)]
+    assert {m["attributes"]["dataset"] for m in metas} == {"mnist"}
+    assert all(m["captions"][0].startswith("the digit 1 ") for m in metas)
+    (mnist / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: header says"):
+        run_prepare(
+            cfg_for(tmp_path / "m2", source="digits", num_samples=4, digits={"mnist_dir": str(mnist)}),
+            seed=0,
+            progress=False,
+        )
+
+
+def _pipeline():
+    spec = importlib.util.spec_from_file_location("prepare_pipeline", REPO / "pipelines" / "prepare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pipeline_cli(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: t\nseed: 1\ndata:\n  out_dir: {tmp_path / 'out'}\n  num_samples: 10\n")
+    main = _pipeline().main
+    assert main(["--config", str(cfg), "--quiet", "data.frames=6"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "clips/s" in out
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["geometry"]["frames"] == 6
+    assert main(["--config", str(cfg), "data.frames=six"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: data.frames:") and "\n" not in err
+    assert (
+        main(
+            [
+                "--config",
+                str(cfg),
+                "data.source=folder",
+                f"data.folder.dir={tmp_path / 'none'}",
+                f"data.out_dir={tmp_path / 'o2'}",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "video folder not found" in err and "\n" not in err
