@@ -1,0 +1,66 @@
+"""Sampling videos from a denoiser and scoring them against the attributes their captions name (t2v_data.judge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2v_data.judge import judge_matches, judge_video
+from t2v_model.diffusion import GaussianDiffusion
+from t2v_model.pipeline import to_uint8
+from t2v_model.samplers import ddim_sample, ddpm_sample, guided_denoiser
+
+
+@torch.no_grad()
+def sample_videos(model, diffusion: GaussianDiffusion, shape: tuple[int, int, int, int], *, text: torch.Tensor,
+                  tokens: torch.Tensor | None = None, token_mask: torch.Tensor | None = None, steps: int,
+                  guidance: float, seed: int, sampler: str = "ddim",
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Videos for pooled caption embeddings `text` (B, D) (+ tokens/mask for cross-attention models):
+    uint8 (B, T, H, W, C). `shape` = (C, T, H, W)."""
+    to = lambda v: None if v is None else v.to(device)  # noqa: E731
+    text, tokens, token_mask = to(text.float()), to(tokens), to(token_mask)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    denoise = guided_denoiser(model, text, guidance=guidance, tokens=tokens, token_mask=token_mask)
+    run = ddim_sample if sampler == "ddim" else ddpm_sample
+    x = run(denoise, diffusion, (len(text), *shape), steps=steps, generator=generator, device=device)
+    return to_uint8(x)
+
+
+def score(videos: torch.Tensor, attributes: list[dict[str, Any]], space: dict[str, list[str]] | None = None):
+    """Judge each generated video against its prompt's attributes. Returns (per-video rows, accuracy per attribute)
+    for the attributes the prompts name (colour, motion, shape). `space` restricts the judge's answers."""
+    space = space or {}
+    rows = []
+    for video, attrs in zip(videos.numpy(), attributes):
+        j = judge_video(video, attrs.get("background_rgb"), colors=space.get("colors"),
+                        motions=space.get("motions"), shapes=space.get("shapes"))
+        ok = judge_matches(attrs, j)
+        rows.append({"want": {k: attrs.get(k) for k in ok}, "got": {k: getattr(j, k) for k in ok}, "ok": ok,
+                     "displacement": [round(v, 2) for v in j.displacement]})
+    accuracy = {k: float(np.mean([r["ok"][k] for r in rows])) for k in ("color", "motion", "shape")
+                if any(a.get(k) is not None for a in attributes)}
+    return rows, accuracy
+
+
+def sanity_stats(videos: torch.Tensor) -> dict[str, float]:
+    """Mean motion energy (mean |frame difference|, 0-255) and background stability (std over time of the border
+    pixels, 0-255; ~0 for the synthetic data's static backgrounds)."""
+    v = videos.float()
+    energy = (v[:, 1:] - v[:, :-1]).abs().mean().item()
+    border = torch.cat([v[:, :, 0], v[:, :, -1], v[:, :, :, 0], v[:, :, :, -1]], dim=2)  # (B, T, 2H+2W, C)
+    return {"motion_energy": round(energy, 3), "background_std": round(border.std(dim=1).mean().item(), 3)}
+
+
+def attribute_space(raw: dict[str, Any]) -> dict[str, list[str]] | None:
+    """The colours/motions/shapes of a shapes `data:` section (what the judge may answer), else None."""
+    data = raw.get("data") or {}
+    if data.get("source", "shapes") != "shapes":
+        return None
+    from t2v_data.config import build
+    from t2v_data.prepare_config import PrepareConfig
+
+    sc = build(PrepareConfig, data, "data").shapes
+    return {"colors": list(sc.colors), "motions": list(sc.motions), "shapes": list(sc.shapes)}

