@@ -64,6 +64,30 @@ def write_raw(directory: Path, samples: int, per_sample: int, per_shard: int = 5
     return len(texts)
 
 
+def run(samples: int, captions_per_sample: int = 2, batch_size: int = 64, tokens: bool = False,
+        encoder=None) -> dict:
+    """Cold then cached embed stage over `samples` x `captions_per_sample` distinct captions; returns the rates."""
+    if encoder is None:
+        encoder = load_text_encoder(None, batch_size=batch_size)
+    results = {"encoder": encoder.id, "torch_threads": torch.get_num_threads(), "tokens": tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "raw").mkdir()
+        n = write_raw(tmp / "raw", samples, captions_per_sample)
+        results["captions"] = n
+        for run_name in ("cold", "cached"):
+            cfg = EmbedConfig(in_dir=str(tmp / "raw"), out_dir=str(tmp / run_name), cache_dir=str(tmp / "cache"),
+                              batch_size=batch_size, tokens=tokens)
+            start = time.perf_counter()
+            summary = run_embed(cfg, encoder=encoder, progress=False)
+            seconds = time.perf_counter() - start
+            results[run_name] = {"seconds": round(seconds, 3), "stage_captions_per_s": round(n / seconds, 1),
+                                 "encoded": summary.encoded}
+            if summary.encoded:
+                results[run_name]["encode_captions_per_s"] = round(summary.encoded / summary.encode_seconds, 1)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=1000)
@@ -76,25 +100,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    encoder = load_text_encoder(None, batch_size=args.batch_size)
-    results = {"encoder": encoder.id, "torch_threads": torch.get_num_threads(), "tokens": args.tokens}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "raw").mkdir()
-        n = write_raw(tmp / "raw", args.samples, args.captions_per_sample)
-        results["captions"] = n
-        for run in ("cold", "cached"):
-            cfg = EmbedConfig(in_dir=str(tmp / "raw"), out_dir=str(tmp / run), cache_dir=str(tmp / "cache"),
-                              batch_size=args.batch_size, tokens=args.tokens)
-            start = time.perf_counter()
-            summary = run_embed(cfg, encoder=encoder, progress=False)
-            seconds = time.perf_counter() - start
-            results[run] = {"seconds": round(seconds, 3), "stage_captions_per_s": round(n / seconds, 1),
-                            "encoded": summary.encoded}
-            if summary.encoded:
-                results[run]["encode_captions_per_s"] = round(summary.encoded / summary.encode_seconds, 1)
+    results = run(args.samples, args.captions_per_sample, args.batch_size, args.tokens)
+    n = results["captions"]
     cold, cached = results["cold"], results["cached"]
-    print(f"{n} distinct captions, {encoder.id}, {results['torch_threads']} threads, tokens={args.tokens}")
+    print(f"{n} distinct captions, {results['encoder']}, {results['torch_threads']} threads, tokens={args.tokens}")
     print(f"cold:   {cold['stage_captions_per_s']:8.1f} captions/s stage ({cold['seconds']:.2f} s; "
           f"encoder alone {cold.get('encode_captions_per_s', 0):.1f} captions/s)")
     print(f"cached: {cached['stage_captions_per_s']:8.1f} captions/s stage ({cached['seconds']:.2f} s; "

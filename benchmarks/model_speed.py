@@ -20,29 +20,32 @@ from pathlib import Path
 import torch
 
 
-def build_ours(args):
+def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False):
+    """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile (meant for CUDA)."""
     from t2v_model import Unet3D, UnetConfig
 
-    cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim)
-    model = Unet3D(cfg)
+    cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim,
+                     gradient_checkpointing=gradient_checkpointing)
+    model = Unet3D(cfg).to(device)
+    net = torch.compile(model) if compile else model
 
     def forward(x, t, text):
-        return model(x, t, text)
+        return net(x, t, text)
 
     def guided(x, t, text):
         # cond + uncond in ONE batched forward, as TextToVideo.generate does
-        drop = torch.cat((torch.zeros(len(x), dtype=torch.bool), torch.ones(len(x), dtype=torch.bool)))
-        out = model(torch.cat((x, x)), torch.cat((t, t)), torch.cat((text, text)), drop_text=drop)
+        drop = torch.arange(2 * len(x), device=x.device) >= len(x)
+        out = net(torch.cat((x, x)), torch.cat((t, t)), torch.cat((text, text)), drop_text=drop)
         cond, uncond = out.chunk(2)
         return uncond + 3.0 * (cond - uncond)
 
     return model, forward, guided
 
 
-def build_peer(args):
+def build_peer(args, device="cpu"):
     from video_diffusion_pytorch import Unet3D as PeerUnet3D
 
-    model = PeerUnet3D(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim)
+    model = PeerUnet3D(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim).to(device)
 
     def forward(x, t, text):
         return model(x, t, cond=text)
@@ -53,35 +56,96 @@ def build_peer(args):
     return model, forward, guided
 
 
-def measure(model, forward, guided, inputs, reps: int, bf16: bool = False):
+def peer_available() -> bool:
+    try:
+        import video_diffusion_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_inputs(batch: int, frames: int, size: int, cond_dim: int, device="cpu", seed: int = 0):
+    """(x, t, text): the same noise-free input for every model."""
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch, 3, frames, size, size, generator=g).to(device),
+        torch.randint(0, 1000, (batch,), generator=g).to(device),
+        torch.randn(batch, cond_dim, generator=g).to(device),
+    )
+
+
+def autocast(device_type: str, bf16: bool):
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def measure(model, forward, guided, inputs, reps: int, bf16: bool = False, denoise: bool = True, opt=None):
+    """`reps` timed train steps (forward + L1 loss + backward + Adam), then `reps` guided denoise steps (ms each)."""
     x, t, text = inputs
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    if opt is None:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step():
-        with autocast():
+        with autocast(x.device.type, bf16):
             loss = (forward(x, t, text).float() - x).abs().mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def denoise_step():
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode(), autocast(x.device.type, bf16):
             guided(x, t, text)
 
     model.train()
     train = timed(train_step, reps)
     model.eval()
-    denoise = timed(denoise_step, reps)
-    return train, denoise
+    return train, timed(denoise_step, reps) if denoise else []
+
+
+def sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed(fn, reps):
     out = []
     for _ in range(reps):
+        sync()
         s = time.perf_counter()
         fn()
+        sync()
         out.append((time.perf_counter() - s) * 1000)
+    return out
+
+
+def alternate(runs, inputs, rounds: int, reps: int, warmup: int = 2, denoise: bool = True, log=None):
+    """runs: [(name, (model, forward, guided), bf16)]. Warm up each, then `rounds` rounds that alternate between the
+    runs (so background load hits all of them alike). Returns {name: {"params_M", "train_ms": [..], "denoise_ms"}}."""
+    results = {name: {"train_ms": [], "denoise_ms": []} for name, _, _ in runs}
+    opts = {}
+    for name, (model, fwd, guided), bf16 in runs:
+        results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+        opts[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
+        if warmup:
+            measure(model, fwd, guided, inputs, warmup, bf16, denoise, opts[name])
+    for r in range(rounds):
+        for name, (model, fwd, guided), bf16 in runs:
+            train, den = measure(model, fwd, guided, inputs, reps, bf16, denoise, opts[name])
+            results[name]["train_ms"] += train
+            results[name]["denoise_ms"] += den
+            if log:
+                log(f"  round {r + 1}/{rounds} {name}: train {[round(v) for v in train]} ms"
+                    + (f", guided denoise {[round(v) for v in den]} ms" if den else ""))
+    return results
+
+
+def summarize(results, batch: int) -> dict:
+    out = {}
+    for name, r in results.items():
+        train = statistics.median(r["train_ms"])
+        out[name] = {"params_M": r["params_M"], "train_step_ms": round(train, 1),
+                     "train_samples_per_s": round(batch * 1000 / train, 3), "train_ms_all": [round(v, 1) for v in r["train_ms"]]}
+        if r["denoise_ms"]:
+            out[name]["guided_denoise_step_ms"] = round(statistics.median(r["denoise_ms"]), 1)
     return out
 
 
@@ -104,31 +168,17 @@ def main():
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    inputs = (
-        torch.randn(args.batch, 3, args.frames, args.size, args.size, generator=g),
-        torch.randint(0, 1000, (args.batch,), generator=g),
-        torch.randn(args.batch, args.cond_dim, generator=g),
-    )
+    inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
     built = {"t2v": build_ours(args)}
-    try:
+    if peer_available():
         built["video-diffusion-pytorch"] = build_peer(args)
-    except ImportError:
+    else:
         print("(peer not installed: run with `uv run --with video-diffusion-pytorch==0.7.0 ...` to compare)")
     # (name, model parts, bf16 autocast?)
     runs = [(name, parts, False) for name, parts in built.items()]
     if args.bf16:
         runs += [(f"{name} (bf16 autocast)", parts, True) for name, parts in built.items()]
-
-    results = {name: {"train_ms": [], "denoise_ms": []} for name, _, _ in runs}
-    for name, (model, fwd, guided), bf16 in runs:  # warm-up
-        results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-        measure(model, fwd, guided, inputs, 2, bf16)
-    for _ in range(args.rounds):
-        for name, (model, fwd, guided), bf16 in runs:
-            train, denoise = measure(model, fwd, guided, inputs, args.reps, bf16)
-            results[name]["train_ms"] += train
-            results[name]["denoise_ms"] += denoise
+    results = alternate(runs, inputs, args.rounds, args.reps)
 
     geometry = f"{args.frames}x{args.size}x{args.size}, batch {args.batch}, dim {args.dim}, mults {args.mults}"
     print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}")
