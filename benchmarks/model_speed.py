@@ -21,7 +21,7 @@ import torch
 
 
 def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False):
-    """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile (meant for CUDA)."""
+    """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile."""
     from t2v_model import Unet3D, UnetConfig
 
     cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim,
@@ -161,6 +161,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time our Unet3D under torch.compile (inductor; on CPU it needs a C++ compiler)")
     ap.add_argument("--bf16", action="store_true",
                     help="also time every model under CPU bf16 autocast (weights and optimizer stay fp32)")
     args = ap.parse_args()
@@ -176,6 +178,9 @@ def main():
         print("(peer not installed: run with `uv run --with video-diffusion-pytorch==0.7.0 ...` to compare)")
     # (name, model parts, bf16 autocast?)
     runs = [(name, parts, False) for name, parts in built.items()]
+    if args.compile:
+        torch.manual_seed(0)
+        runs.insert(1, ("t2v (torch.compile)", build_ours(args, compile=True), False))
     if args.bf16:
         runs += [(f"{name} (bf16 autocast)", parts, True) for name, parts in built.items()]
     results = alternate(runs, inputs, args.rounds, args.reps)

@@ -1,5 +1,7 @@
 """Our diffusion math against diffusers' schedulers (a test-only oracle)."""
 
+import math
+
 import pytest
 import torch
 
@@ -151,3 +153,31 @@ def test_timestep_schedule_validation():
     assert timestep_schedule(10, 10) == list(range(9, -1, -1))
     with pytest.raises(ValueError, match="steps"):
         timestep_schedule(1000, 0)
+
+
+@pytest.mark.parametrize("shift", [2.0, 4.0])
+def test_schedule_shift_moves_log_snr_by_two_log_shift(shift):
+    base = GaussianDiffusion(DiffusionConfig(schedule="cosine"))
+    shifted = GaussianDiffusion(DiffusionConfig(schedule="cosine", schedule_shift=shift))
+    assert torch.equal(GaussianDiffusion(DiffusionConfig(schedule_shift=1.0))._f64["betas"], base._f64["betas"])
+    log_snr = lambda d: d._f64["snr"].log()  # noqa: E731
+    interior = slice(1, 990)  # away from the max_beta clip at the very end
+    diff = log_snr(shifted)[interior] - log_snr(base)[interior]
+    assert torch.allclose(diff, torch.full_like(diff, -2 * math.log(shift)), atol=1e-6)
+    # still a valid forward process: abar decreasing from ~1, posterior variance positive
+    abar = shifted._f64["alphas_cumprod"]
+    assert (abar[1:] < abar[:-1]).all() and abar[0] > 0.99 and abar[-1] < 1e-4
+    with pytest.raises(Exception, match="schedule_shift"):
+        DiffusionConfig(schedule_shift=0).validate()
+
+
+def test_prior_fraction_draws_that_share_of_t_from_the_last_percent():
+    d = GaussianDiffusion(DiffusionConfig(prior_fraction=0.3))
+    t = d.sample_timesteps(20000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    late = (t >= 990).float().mean().item()
+    assert abs(late - (0.3 + 0.7 * 0.01)) < 0.015
+    assert t.min() >= 0 and t.max() <= 999
+    plain = GaussianDiffusion(DiffusionConfig()).sample_timesteps(1000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert abs((plain >= 990).float().mean().item() - 0.01) < 0.01
+    with pytest.raises(Exception, match="prior_fraction"):
+        DiffusionConfig(prior_fraction=1.0).validate()

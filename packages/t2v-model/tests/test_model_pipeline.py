@@ -151,3 +151,16 @@ def test_video_writers(tmp_path):
     assert Image.open(out[0]).size == (20, 16)
     with pytest.raises(ValueError, match="uint8"):
         save_video(tmp_path / "bad.gif", video.astype(np.float32))
+
+
+def test_atomic_outputs_get_the_umask_mode_not_owner_only(tmp_path):
+    import os
+
+    from t2v_model.video_io import save_gif
+
+    old = os.umask(0o022)
+    try:
+        path = save_gif(tmp_path / "v.gif", torch.zeros(2, 4, 4, 3, dtype=torch.uint8))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -162,3 +162,28 @@ def test_seed_config_parameter_count_matches_reference_architecture():
     # the seed config (dim 64, mults 1,2,4,8, 768-d BERT) is ~41.8 M parameters, like video-diffusion-pytorch's
     model = Unet3D(UnetConfig(dim=64, dim_mults=(1, 2, 4, 8), cond_dim=768))
     assert 41.0e6 < model.num_parameters() < 42.5e6
+
+
+def test_frame_cond_breaks_temporal_symmetry():
+    # A clip whose frames are all the same: with relative-only temporal attention and frame-identical FiLM (the
+    # seed) every frame must get the same output, so the caption alone can never say where the object is in frame k.
+    x = torch.randn(1, 3, 1, 8, 8).repeat(1, 1, 5, 1, 1)
+    t, text = torch.tensor([900]), torch.randn(1, 16)
+    out = tiny()(x, t, text)
+    assert torch.allclose(out[:, :, :1].expand_as(out), out, atol=1e-5)
+    model = tiny(frame_cond=True)
+    out = model(x, t, text)
+    assert not torch.allclose(out[:, :, :1].expand_as(out), out, atol=1e-3)
+    # and the per-frame conditioning still depends on the caption
+    assert not torch.allclose(out, model(x, t, text + 1), atol=1e-4)
+
+
+def test_coord_input_gives_position_to_a_constant_input():
+    # a constant clip: without coordinates every frame gets the same output (relative-only temporal attention),
+    # with them the (frame, y, x) channels make every frame differ
+    x, t, text = torch.zeros(1, 3, 3, 16, 16), torch.tensor([999]), torch.randn(1, 16)
+    out = tiny()(x, t, text)
+    assert torch.allclose(out[:, :, 0], out[:, :, 2], atol=1e-5)
+    out = tiny(coord_input=True)(x, t, text)
+    assert not torch.allclose(out[:, :, 0], out[:, :, 2], atol=1e-4)
+    assert tiny(coord_input=True).init_conv.in_channels == 6

@@ -23,6 +23,14 @@ class UnetConfig:
     init_kernel_size: int = 7
     use_sparse_linear_attn: bool = True  # spatial linear attention at every level (the seed's default)
     cross_attn: bool = False  # also attend to token embeddings (needs tokens in the embedded shards)
+    # Per-frame conditioning: an MLP mixes [time + frame-index embedding ; text] so each frame gets its own FiLM
+    # scale/shift. Without it (the seed) every frame is conditioned identically and frames only differ through
+    # relative temporal attention, so the caption has no direct path to "where is the object in frame k".
+    frame_cond: bool = False
+    # Three extra input channels holding each pixel's (frame, y, x) in [-1, 1] (CoordConv, Liu et al. 2018): from
+    # pure noise a conv net only knows where it is through padding, yet at high noise the caption must decide where
+    # the object is in every frame.
+    coord_input: bool = False
     resnet_groups: int = 8
     rel_pos_max_distance: int = 32
     gradient_checkpointing: bool = False
@@ -49,14 +57,23 @@ class UnetConfig:
 class DiffusionConfig:
     timesteps: int = 1000
     schedule: Literal["cosine", "linear"] = "cosine"
+    schedule_shift: float = 1.0  # > 1 moves log-SNR down by 2 log(shift): more timesteps at high noise (small videos)
     prediction: Literal["eps", "x0", "v"] = "eps"
     loss: Literal["l1", "l2"] = "l2"
     min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR-gamma loss weighting (Hang et al. 2023)
     null_cond_prob: float = 0.1  # classifier-free guidance: fraction of training samples with the null text
+    # Fraction of training samples whose t is drawn from the last 1% of timesteps instead of uniformly. There x_t is
+    # all but pure noise, so the model has to predict E[x_0 | caption]: where the caption puts things. In a small
+    # video a large object can be located from x_t almost to the end of the schedule, so uniform t hardly trains this.
+    prior_fraction: float = 0.0
     dynamic_threshold: float | None = None  # percentile, e.g. 0.995; None = plain clip to [-1, 1]
 
     def validate(self) -> None:
         _positive(self, "timesteps")
+        if not (isinstance(self.schedule_shift, (int, float)) and self.schedule_shift > 0):
+            raise ModelConfigError(f"schedule_shift: must be a positive number, got {self.schedule_shift!r}")
+        if not 0.0 <= self.prior_fraction < 1.0:
+            raise ModelConfigError(f"prior_fraction: must be in [0, 1), got {self.prior_fraction}")
         if not 0.0 <= self.null_cond_prob < 1.0:
             raise ModelConfigError(f"null_cond_prob: must be in [0, 1), got {self.null_cond_prob}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:

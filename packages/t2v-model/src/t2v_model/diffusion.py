@@ -32,12 +32,25 @@ def linear_betas(timesteps: int) -> torch.Tensor:
     return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
 
 
-def make_betas(schedule: str, timesteps: int) -> torch.Tensor:
+def shifted_betas(betas: torch.Tensor, shift: float, max_beta: float = 0.999) -> torch.Tensor:
+    """Move the schedule's log-SNR by -2 log(shift) at every t (Hoogeboom et al. 2023, "simple diffusion"; SD3's
+    shift): shift > 1 puts more of the timesteps at high noise. A large object in a small video can be located from
+    x_t until very late in the cosine schedule, so only the last few percent of t teach "where does a caption put the
+    object"; shifting gives that regime more training samples and more sampler steps."""
+    abar = torch.cumprod(1.0 - betas, dim=0)
+    abar = torch.sigmoid(torch.logit(abar) - 2.0 * math.log(shift))
+    prev = torch.cat((torch.ones(1, dtype=abar.dtype), abar[:-1]))
+    return (1.0 - abar / prev).clamp(max=max_beta)
+
+
+def make_betas(schedule: str, timesteps: int, shift: float = 1.0) -> torch.Tensor:
     if schedule == "cosine":
-        return cosine_betas(timesteps)
-    if schedule == "linear":
-        return linear_betas(timesteps)
-    raise ValueError(f"schedule: unknown beta schedule {schedule!r} (cosine | linear)")
+        betas = cosine_betas(timesteps)
+    elif schedule == "linear":
+        betas = linear_betas(timesteps)
+    else:
+        raise ValueError(f"schedule: unknown beta schedule {schedule!r} (cosine | linear)")
+    return betas if shift == 1.0 else shifted_betas(betas, shift)
 
 
 @dataclass
@@ -56,7 +69,8 @@ class GaussianDiffusion:
     def __init__(self, config: DiffusionConfig | None = None, betas: torch.Tensor | None = None):
         self.config = config or DiffusionConfig()
         self.config.validate()
-        betas = make_betas(self.config.schedule, self.config.timesteps) if betas is None else betas.double()
+        betas = (make_betas(self.config.schedule, self.config.timesteps, self.config.schedule_shift) if betas is None
+                 else betas.double())
         self.num_timesteps = len(betas)
         alphas = 1.0 - betas
         abar = torch.cumprod(alphas, dim=0)
@@ -158,7 +172,15 @@ class GaussianDiffusion:
 
     # training
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
-        return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+        """t ~ U{0..T-1}; with `prior_fraction` p, a fraction p instead ~ U over the last 1% of the timesteps."""
+        t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+        p = self.config.prior_fraction
+        if p > 0:
+            tail = max(1, self.num_timesteps // 100)
+            late = torch.randint(self.num_timesteps - tail, self.num_timesteps, (batch,), device=device, generator=generator)
+            pick = torch.rand(batch, device=device, generator=generator) < p
+            t = torch.where(pick, late, t)
+        return t
 
     def training_loss(
         self,

@@ -37,6 +37,14 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((args.sin(), args.cos()), dim=-1)
 
 
+def coordinate_channels(batch: int, frames: int, height: int, width: int, device, dtype) -> torch.Tensor:
+    """(B*T, 3, H, W): every pixel's frame index, row and column, each scaled to [-1, 1]."""
+    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+            for n in (frames, height, width)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, T, H, W)
+    return grid.transpose(0, 1).repeat(batch, 1, 1, 1)
+
+
 class Block(nn.Module):
     """3x3 conv per frame -> GroupNorm -> optional FiLM (scale, shift) -> SiLU."""
 
@@ -103,7 +111,7 @@ class Unet3D(nn.Module):
         dim, heads, dh = cfg.dim, cfg.attn_heads, cfg.attn_dim_head
 
         self.time_rel_pos_bias = RelativePositionBias(heads, max_distance=cfg.rel_pos_max_distance)
-        self.init_conv = nn.Conv2d(cfg.channels, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
+        self.init_conv = nn.Conv2d(cfg.channels + 3 * cfg.coord_input, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
         self.init_temporal_attn = TemporalAttention(dim, heads, dh)
 
         time_dim = dim * 4
@@ -115,6 +123,10 @@ class Unet3D(nn.Module):
         if cfg.cross_attn:
             self.null_tokens = nn.Parameter(torch.randn(1, 1, cfg.cond_dim) * 0.02)
         cond_dim = time_dim + cfg.cond_dim
+        if cfg.frame_cond:
+            self.frame_mlp = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_dim))
+            self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+            cond_dim = time_dim
 
         dims = [dim, *(dim * m for m in cfg.dim_mults)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -180,8 +192,14 @@ class Unet3D(nn.Module):
                 tokens = torch.where(drop_text[:, None, None], self.null_tokens.to(x.dtype), tokens)
                 token_mask = torch.where(drop_text[:, None], null_mask, token_mask)
 
-        cond = torch.cat((self.time_mlp(time).to(x.dtype), text), dim=-1)
-        cond = cond.repeat_interleave(frames, dim=0)  # per frame, to match the (B*T, ...) layout
+        t_emb = self.time_mlp(time).to(x.dtype)
+        if cfg.frame_cond:  # (B*T, time_dim): time + frame index, mixed nonlinearly with the caption
+            index = torch.arange(frames, device=x.device).repeat(b)
+            t_emb = t_emb.repeat_interleave(frames, dim=0) + self.frame_mlp(index).to(x.dtype)
+            cond = self.cond_mlp(torch.cat((t_emb, text.repeat_interleave(frames, dim=0)), dim=-1))
+        else:
+            cond = torch.cat((t_emb, text), dim=-1)
+            cond = cond.repeat_interleave(frames, dim=0)  # per frame, to match the (B*T, ...) layout
 
         # (B, C, T, H, W) -> (B*T, C, H, W), padded so every halving is exact
         h = x.transpose(1, 2).reshape(b * frames, c, height, width)
@@ -189,6 +207,8 @@ class Unet3D(nn.Module):
         pad_h, pad_w = (-height) % m, (-width) % m
         if pad_h or pad_w:
             h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
+        if cfg.coord_input:
+            h = torch.cat((h, coordinate_channels(b, frames, h.shape[-2], h.shape[-1], h.device, h.dtype)), dim=1)
         h = h.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU (oneDNN)
 
         pos_bias = self.time_rel_pos_bias(frames, x.device)

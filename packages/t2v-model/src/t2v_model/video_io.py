@@ -18,12 +18,20 @@ def _as_uint8(video) -> np.ndarray:
     return arr if arr.shape[-1] == 3 else np.repeat(arr, 3, axis=-1)
 
 
+def _public(tmp, directory: bool = False) -> None:
+    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
+
+
 def _atomic(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
