@@ -103,6 +103,7 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        _public(self._tmp)
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -127,6 +128,13 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
+def _public(tmp, directory: bool = False) -> None:
+    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _public(tmp, directory: bool = False) -> None:
+    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,6 +26,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
