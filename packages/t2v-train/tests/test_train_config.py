@@ -84,3 +84,9 @@ def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_
     raw["model"]["unet"]["cross_attn"] = True
     assert train(load_experiment(None, raw=raw), progress=False)["step"] == 2
     assert (tmp_path / "b" / "samples" / "step-000002.gif").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(name):
+    exp = load_experiment(ROOT / "configs" / name)  # validates every section the trainer owns
+    assert exp.out_dir == Path("runs") / exp.name
