@@ -164,7 +164,7 @@ def test_schedule_shift_moves_log_snr_by_two_log_shift(shift):
     interior = slice(1, 990)  # away from the max_beta clip at the very end
     diff = log_snr(shifted)[interior] - log_snr(base)[interior]
     assert torch.allclose(diff, torch.full_like(diff, -2 * math.log(shift)), atol=1e-6)
-    # still a valid forward process: abar decreasing from ~1, posterior variance positive
+    # still a valid forward process: abar strictly decreasing from ~1 to ~0
     abar = shifted._f64["alphas_cumprod"]
     assert (abar[1:] < abar[:-1]).all() and abar[0] > 0.99 and abar[-1] < 1e-4
     with pytest.raises(Exception, match="schedule_shift"):
@@ -177,7 +177,8 @@ def test_prior_fraction_draws_that_share_of_t_from_the_last_percent():
     late = (t >= 990).float().mean().item()
     assert abs(late - (0.3 + 0.7 * 0.01)) < 0.015
     assert t.min() >= 0 and t.max() <= 999
-    plain = GaussianDiffusion(DiffusionConfig()).sample_timesteps(1000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    plain = GaussianDiffusion(DiffusionConfig()).sample_timesteps(1000, torch.device("cpu"),
+                                                                  torch.Generator().manual_seed(0))
     assert abs((plain >= 990).float().mean().item() - 0.01) < 0.01
     with pytest.raises(Exception, match="prior_fraction"):
         DiffusionConfig(prior_fraction=1.0).validate()

@@ -103,7 +103,7 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        _public(self._tmp)
+        keep_umask_mode(self._tmp)
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -128,11 +128,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
-def _public(tmp, directory: bool = False) -> None:
-    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
+def keep_umask_mode(tmp: str | Path) -> None:
+    """mkstemp makes owner-only temp files; give the renamed result the usual umask-based mode."""
     mask = os.umask(0o022)
     os.umask(mask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
+    os.chmod(tmp, 0o666 & ~mask)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -142,7 +142,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        _public(tmp)
+        keep_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelCard, ModelConfigError, from_dict, to_dict
 from .unet import Unet3D
+from .video_io import keep_umask_mode
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -25,13 +26,6 @@ CONFIG = "config.json"
 
 class CheckpointError(RuntimeError):
     """A missing, corrupt or mismatched checkpoint; the message names the file."""
-
-
-def _public(tmp, directory: bool = False) -> None:
-    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
 
 
 def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Path:
@@ -45,7 +39,7 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": card.format})
         (tmp / CONFIG).write_text(json.dumps(to_dict(card), indent=2) + "\n")
-        _public(tmp, directory=True)
+        keep_umask_mode(tmp, directory=True)
         replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -174,10 +174,9 @@ class GaussianDiffusion:
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
         """t ~ U{0..T-1}; with `prior_fraction` p, a fraction p instead ~ U over the last 1% of the timesteps."""
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-        p = self.config.prior_fraction
+        p, n = self.config.prior_fraction, self.num_timesteps
         if p > 0:
-            tail = max(1, self.num_timesteps // 100)
-            late = torch.randint(self.num_timesteps - tail, self.num_timesteps, (batch,), device=device, generator=generator)
+            late = torch.randint(n - max(1, n // 100), n, (batch,), device=device, generator=generator)
             pick = torch.rand(batch, device=device, generator=generator) < p
             t = torch.where(pick, late, t)
         return t

@@ -39,8 +39,8 @@ class SinusoidalPosEmb(nn.Module):
 
 def coordinate_channels(batch: int, frames: int, height: int, width: int, device, dtype) -> torch.Tensor:
     """(B*T, 3, H, W): every pixel's frame index, row and column, each scaled to [-1, 1]."""
-    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
-            for n in (frames, height, width)]
+    axes = [torch.linspace(-1, 1, n, device=device, dtype=dtype) if n > 1
+            else torch.zeros(1, device=device, dtype=dtype) for n in (frames, height, width)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, T, H, W)
     return grid.transpose(0, 1).repeat(batch, 1, 1, 1)
 
@@ -111,7 +111,8 @@ class Unet3D(nn.Module):
         dim, heads, dh = cfg.dim, cfg.attn_heads, cfg.attn_dim_head
 
         self.time_rel_pos_bias = RelativePositionBias(heads, max_distance=cfg.rel_pos_max_distance)
-        self.init_conv = nn.Conv2d(cfg.channels + 3 * cfg.coord_input, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
+        in_channels = cfg.channels + (3 if cfg.coord_input else 0)  # + (frame, y, x) channels
+        self.init_conv = nn.Conv2d(in_channels, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
         self.init_temporal_attn = TemporalAttention(dim, heads, dh)
 
         time_dim = dim * 4
@@ -194,8 +195,8 @@ class Unet3D(nn.Module):
 
         t_emb = self.time_mlp(time).to(x.dtype)
         if cfg.frame_cond:  # (B*T, time_dim): time + frame index, mixed nonlinearly with the caption
-            index = torch.arange(frames, device=x.device).repeat(b)
-            t_emb = t_emb.repeat_interleave(frames, dim=0) + self.frame_mlp(index).to(x.dtype)
+            frame_emb = self.frame_mlp(torch.arange(frames, device=x.device)).to(x.dtype).repeat(b, 1)
+            t_emb = t_emb.repeat_interleave(frames, dim=0) + frame_emb
             cond = self.cond_mlp(torch.cat((t_emb, text.repeat_interleave(frames, dim=0)), dim=-1))
         else:
             cond = torch.cat((t_emb, text), dim=-1)

@@ -18,7 +18,7 @@ def _as_uint8(video) -> np.ndarray:
     return arr if arr.shape[-1] == 3 else np.repeat(arr, 3, axis=-1)
 
 
-def _public(tmp, directory: bool = False) -> None:
+def keep_umask_mode(tmp: str | Path, directory: bool = False) -> None:
     """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -31,7 +31,7 @@ def _atomic(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        _public(tmp)
+        keep_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,12 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-
-def _public(tmp, directory: bool = False) -> None:
-    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
+from t2v_data.shards import keep_umask_mode
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -26,7 +21,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        _public(tmp)
+        keep_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
