@@ -20,14 +20,16 @@ from pathlib import Path
 import torch
 
 
-def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False):
-    """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile."""
+def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False,
+               compile_mode: str | None = None):
+    """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile (`compile_mode`, e.g.
+    "reduce-overhead" = CUDA graphs, which removes the kernel-launch cost that dominates small batches on a GPU)."""
     from t2v_model import Unet3D, UnetConfig
 
     cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim,
                      gradient_checkpointing=gradient_checkpointing)
     model = Unet3D(cfg).to(device)
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model, mode=compile_mode) if compile else model
 
     def forward(x, t, text):
         return net(x, t, text)

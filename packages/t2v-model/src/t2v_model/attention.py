@@ -44,23 +44,24 @@ class RelativePositionBias(nn.Module):
 
 
 def rotary_cis(frames: int, rot_dim: int, device: torch.device, theta: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al.) as unit complex numbers, `(T, rot_dim/2)`.
+    """Rotary position embedding (Su et al.) as `(T, rot_dim/2, 2)` = (cos, sin) of position * theta^(-2i/d).
 
-    Same convention as rotary-embedding-torch (adjacent channel pairs rotated by position * theta^(-2i/d)); applying it
-    is one complex multiply instead of the usual rotate-half cat/mul dance."""
+    Same convention as rotary-embedding-torch (adjacent channel pairs rotated). Kept real-valued (not complex) so
+    torch.compile/inductor can fuse it into the surrounding ops."""
     freqs = theta ** (-torch.arange(0, rot_dim, 2, device=device, dtype=torch.float32) / rot_dim)
     angles = torch.arange(frames, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
-    return torch.polar(torch.ones_like(angles), angles)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `2*cis.shape[-1]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
-    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2))."""
-    rot = cis.shape[-1] * 2
+    """Rotate the first `2*cis.shape[-2]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
+    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2, 2)): (a, b) -> (a cos - b sin, a sin + b cos)."""
+    rot = cis.shape[-2] * 2
     # split (not slicing) so the backward concatenates instead of zero-filling full-size gradients
     x_rot, x_pass = x.split([rot, x.shape[-1] - rot], dim=-1)
-    x_rot = torch.view_as_complex(x_rot.float().unflatten(-1, (-1, 2)))
-    out = torch.view_as_real(x_rot * cis).flatten(-2).to(x.dtype)
+    a, b = x_rot.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cis.unbind(-1)
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
     return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
 
 
@@ -83,7 +84,7 @@ class TemporalAttention(nn.Module):
         # (B*T, C, H, W) -> (B*H*W, T, C): one sequence of T frames per pixel
         seq = x.reshape(b, t, c, h, w).permute(0, 3, 4, 1, 2).reshape(n, t, c)
         qk, v = self.to_qkv(self.norm(seq)).split([2 * self.heads * self.dim_head, self.heads * self.dim_head], -1)
-        qk = apply_rotary(qk.unflatten(-1, (2, self.heads, self.dim_head)), cis[:, None, None, :])  # q, k in one op
+        qk = apply_rotary(qk.unflatten(-1, (2, self.heads, self.dim_head)), cis[:, None, None])  # q, k in one op
         q, k = (z.transpose(1, 2) for z in qk.unbind(2))  # (N, heads, T, d)
         v = v.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype)[None])

