@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from t2v_model import ModelConfigError, Unet3D, UnetConfig
-from t2v_model.attention import RelativePositionBias, TemporalAttention, apply_rotary, rotary_cis
+from t2v_model.attention import (
+    RelativePositionBias,
+    SpatialLinearAttention,
+    TemporalAttention,
+    apply_rotary,
+    rotary_cis,
+)
 
 
 def tiny(**kw) -> Unet3D:
@@ -187,3 +193,34 @@ def test_coord_input_gives_position_to_a_constant_input():
     out = tiny(coord_input=True)(x, t, text)
     assert not torch.allclose(out[:, :, 0], out[:, :, 2], atol=1e-4)
     assert tiny(coord_input=True).init_conv.in_channels == 6
+
+
+def reference_linear_attention(layer: SpatialLinearAttention, x):
+    """The seed's linear attention written plainly on (N, C, P): LN over channels -> q, k, v -> softmax(q) over
+    channels * scale, softmax(k) over pixels -> context = k v^T -> out = context^T q -> projection, residual."""
+    n, c, h, w = x.shape
+    seq = F.layer_norm(x.flatten(2).transpose(1, 2), (c,), layer.norm.weight, layer.norm.bias)  # (N, P, C)
+    q, k, v = (seq @ layer.to_qkv.weight.T).chunk(3, dim=-1)
+    q, k, v = (t.reshape(n, h * w, layer.heads, layer.dim_head).permute(0, 2, 3, 1) for t in (q, k, v))  # (N,h,d,P)
+    q = q.softmax(dim=-2) * layer.dim_head**-0.5
+    k = k.softmax(dim=-1)
+    context = torch.einsum("nhdp,nhep->nhde", k, v)
+    out = torch.einsum("nhde,nhdp->nhep", context, q).reshape(n, -1, h * w).transpose(1, 2)
+    out = out @ layer.to_out.weight.T + layer.to_out.bias
+    return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_spatial_linear_attention_equals_textbook_with_grads(channels_last):
+    torch.manual_seed(0)
+    layer = SpatialLinearAttention(12, heads=3, dim_head=8)
+    x = torch.randn(4, 12, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    ours, ref = layer(x), reference_linear_attention(layer, x)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    params = [x, layer.to_qkv.weight, layer.to_out.weight, layer.norm.weight]
+    for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g)):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -65,9 +65,27 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
 
 
+def rotate_rows(weight: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """Fold the rotary embedding into a projection: `weight` (..., d, in) holds the rows of heads of size d; returns
+    (T, ..., d, in) with the first `2*cis.shape[-2]` rows of every head rotated by frame t's angles, so that
+    `x @ rotate_rows(W, cis)[t].T == apply_rotary(x @ W.T, cis)[t]` (rotation is linear, it commutes with the
+    projection). The weight is tiny, the activations are not: this replaces four full-size elementwise passes (and
+    their backward) by one per-frame batched matmul."""
+    rot = cis.shape[-2] * 2
+    w_rot, w_pass = weight.split([rot, weight.shape[-2] - rot], dim=-2)
+    a, b = w_rot.unflatten(-2, (-1, 2)).unbind(-2)  # (..., rot/2, in): even / odd rows
+    shape = (cis.shape[0],) + (1,) * (weight.dim() - 2) + (cis.shape[-2], 1)
+    cos, sin = (z.reshape(shape) for z in cis.unbind(-1))
+    w_rot = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-2).flatten(-3, -2)
+    return torch.cat((w_rot, w_pass.expand(cis.shape[0], *w_pass.shape)), dim=-2)
+
+
 class TemporalAttention(nn.Module):
     """Self-attention across the frames of every pixel: rotary embeddings on q/k and a learned relative position
-    bias added to the logits, softmax(q k^T / sqrt(d) + bias) v, through SDPA (the bias is the attention mask)."""
+    bias added to the logits, softmax(q k^T / sqrt(d) + bias) v, through SDPA (the bias is the attention mask).
+
+    Frame-major layout `(T, B*H*W, C)`: the q/k/v projection is one batched matmul over frames with the rotary
+    rotation folded into each frame's weights (`rotate_rows`)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -80,25 +98,28 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, pos_bias: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
         bt, c, h, w = x.shape
         b, t = bt // frames, frames
-        n = b * h * w
-        # (B*T, C, H, W) -> (B*H*W, T, C): one sequence of T frames per pixel
-        seq = x.reshape(b, t, c, h, w).permute(0, 3, 4, 1, 2).reshape(n, t, c)
-        qk, v = self.to_qkv(self.norm(seq)).split([2 * self.heads * self.dim_head, self.heads * self.dim_head], -1)
-        qk = apply_rotary(qk.unflatten(-1, (2, self.heads, self.dim_head)), cis[:, None, None])  # q, k in one op
-        q, k = (z.transpose(1, 2) for z in qk.unbind(2))  # (N, heads, T, d)
-        v = v.unflatten(-1, (self.heads, self.dim_head)).transpose(1, 2)
+        n, inner = b * h * w, self.heads * self.dim_head
+        # (B*T, C, H, W) -> (T, B*H*W, C): one sequence of T frames per pixel, frame-major
+        seq = x.reshape(b, t, c, h, w).permute(1, 0, 3, 4, 2).reshape(t, n, c)
+        w_qk, w_v = self.to_qkv.weight.split([2 * inner, inner])
+        w_qk = rotate_rows(w_qk.unflatten(0, (2, self.heads, self.dim_head)), cis).flatten(1, 3)  # (T, 2*inner, C)
+        weight = torch.cat((w_qk, w_v.expand(t, inner, c)), dim=1).to(seq.dtype)  # (T, 3*inner, C)
+        qkv = torch.bmm(self.norm(seq), weight.transpose(1, 2))  # (T, N, 3*inner)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, self.dim_head)).permute(2, 1, 3, 0, 4).unbind(0)  # (N, heads, T, d)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=pos_bias.to(q.dtype)[None])
-        out = self.to_out(out.transpose(1, 2).reshape(n, t, -1))  # (N, T, C)
+        out = self.to_out(out.permute(2, 0, 1, 3).reshape(t, n, inner))  # (T, N, C)
         # back to (B*T, C, H, W), laid out channels-last like the rest of the network
-        out = out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+        out = out.reshape(t, b, h, w, c).transpose(0, 1).reshape(bt, h, w, c).permute(0, 3, 1, 2)
         return x + out
 
 
 class SpatialLinearAttention(nn.Module):
     """Linear attention over the pixels of each frame (Shen et al.; the seed's `SpatialLinearAttention`).
 
-    softmax over channels for q, over pixels for k; context = k^T v per head, out = q context. Works on the
-    channels-last view (N, H*W, C) so the norm and projections need no transposes."""
+    softmax over channels for q, over pixels for k; context = k v^T per head, out = context^T q. The projection is
+    computed transposed, W @ x^T -> (N, heads*3*d, P), with the weight's rows regrouped per head (heads, 3, d): every
+    head's q, k and v are then contiguous (d, P) blocks whose (N, heads) batch dims merge into one stride, so the two
+    matmuls and the softmax over pixels run without a single copy or transpose of the activations."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -112,14 +133,17 @@ class SpatialLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        seq = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-        q, k, v = self.to_qkv(self.norm(seq)).unflatten(-1, (3, self.heads, self.dim_head)).unbind(2)  # (N, P, h, d)
-        q = q.softmax(dim=-1) * self.scale
-        k = k.softmax(dim=1)
-        context = torch.einsum("nphd,nphe->nhde", k, v)
-        out = torch.einsum("nhde,nphd->nphe", context, q).reshape(n, h * w, -1)
-        out = self.to_out(out).reshape(n, h, w, c).permute(0, 3, 1, 2)
-        return x + out
+        heads, dh = self.heads, self.dim_head
+        seq = self.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))  # (N, P, C): a view of channels-last x
+        weight = self.to_qkv.weight.unflatten(0, (3, heads, dh)).transpose(0, 1).reshape(-1, c).to(seq.dtype)
+        qkv = torch.matmul(weight, seq.transpose(1, 2))  # (N, heads*3*d, P)
+        q, k, v = qkv.unflatten(1, (heads, 3, dh)).unbind(2)  # (N, heads, d, P)
+        q = q.softmax(dim=-2)
+        k = k.softmax(dim=-1)
+        context = torch.matmul(k, v.transpose(-1, -2)) * self.scale  # (N, heads, d, e)
+        out = torch.matmul(context.transpose(-1, -2), q).reshape(n, heads * dh, h * w)  # (N, heads*e, P)
+        out = self.to_out(out.transpose(1, 2))  # (N, P, C)
+        return x + out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class SpatialAttention(nn.Module):
