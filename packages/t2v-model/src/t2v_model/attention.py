@@ -136,13 +136,15 @@ class SpatialLinearAttention(nn.Module):
         heads, dh = self.heads, self.dim_head
         seq = self.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))  # (N, P, C): a view of channels-last x
         weight = self.to_qkv.weight.unflatten(0, (3, heads, dh)).transpose(0, 1).reshape(-1, c).to(seq.dtype)
-        qkv = torch.matmul(weight, seq.transpose(1, 2))  # (N, heads*3*d, P)
+        qkv = torch.bmm(weight.expand(n, -1, -1), seq.transpose(1, 2))  # (N, heads*3*d, P); matmul would transpose
+        # a (N*P, 3*hidden) product into this layout, bmm writes it directly
         q, k, v = qkv.unflatten(1, (heads, 3, dh)).unbind(2)  # (N, heads, d, P)
         q = q.softmax(dim=-2)
         k = k.softmax(dim=-1)
         context = torch.matmul(k, v.transpose(-1, -2)) * self.scale  # (N, heads, d, e)
         out = torch.matmul(context.transpose(-1, -2), q).reshape(n, heads * dh, h * w)  # (N, heads*e, P)
-        out = self.to_out(out.transpose(1, 2))  # (N, P, C)
+        out = torch.baddbmm(self.to_out.bias.to(out.dtype), out.transpose(1, 2),
+                            self.to_out.weight.t().to(out.dtype).expand(n, -1, -1))  # (N, P, C), no transposing copy
         return x + out.reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
