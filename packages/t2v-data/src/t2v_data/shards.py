@@ -14,9 +14,9 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -135,18 +135,27 @@ def keep_umask_mode(tmp: str | Path) -> None:
     os.chmod(tmp, 0o666 & ~mask)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write `path` all or nothing: `write(f)` fills a temp file beside it, which is fsynced and renamed over `path`
+    (a crash leaves either the old file or the new one, never half of one). Keeps the umask's file mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         keep_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    write_atomic(path, lambda f: f.write(data))
 
 
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:

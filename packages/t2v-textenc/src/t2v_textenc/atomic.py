@@ -1,32 +1,14 @@
-"""Atomic file writes: write a temp file next to the target, fsync, rename."""
+"""Atomic JSON writes (the writer itself is t2v-data's: temp file beside the target, fsync, rename)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from t2v_data.shards import keep_umask_mode
+from t2v_data.shards import write_atomic
 
-
-def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        keep_umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["write_atomic", "write_json_atomic", "write_jsonl_atomic"]
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
