@@ -182,3 +182,6 @@ def test_prior_fraction_draws_that_share_of_t_from_the_last_percent():
     assert abs((plain >= 990).float().mean().item() - 0.01) < 0.01
     with pytest.raises(Exception, match="prior_fraction"):
         DiffusionConfig(prior_fraction=1.0).validate()
+    # a per-call value overrides the config's (the trainer anneals it)
+    t0 = d.sample_timesteps(20000, torch.device("cpu"), torch.Generator().manual_seed(0), prior_fraction=0.0)
+    assert abs((t0 >= 990).float().mean().item() - 0.01) < 0.01

@@ -10,7 +10,7 @@ import pytest
 from t2v_data.config import ConfigError
 from t2v_textenc import EncoderMismatchError
 from t2v_train import TrainingError, load_experiment, train
-from t2v_train.trainer import lr_at
+from t2v_train.trainer import lr_at, prior_fraction_at
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -23,6 +23,7 @@ import train as train_cli  # noqa: E402
     ("batch_size", "eight", "train.batch_size: expected an integer"),
     ("precision", "fp8", "train.precision: must be one of"),
     ("betas", [0.9], "train.betas: must be two numbers"),
+    ("prior_fraction_end", 1.5, "train.prior_fraction_end: must be in"),
 ])
 def test_bad_train_values_name_the_key(shards, tiny_raw, tmp_path, key, value, named):
     raw = tiny_raw(shards, tmp_path)
@@ -73,6 +74,13 @@ def test_lr_warms_up_then_decays_to_the_floor(make_experiment):
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(55, cfg) == pytest.approx(0.55e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_prior_fraction_anneals_linearly_to_its_end_value():
+    assert prior_fraction_at(0, 0.5, 0.1, 101) == pytest.approx(0.5)
+    assert prior_fraction_at(50, 0.5, 0.1, 101) == pytest.approx(0.3)
+    assert prior_fraction_at(100, 0.5, 0.1, 101) == pytest.approx(0.1)
+    assert prior_fraction_at(70, 0.5, None, 101) == 0.5
 
 
 def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_raw, tmp_path):

@@ -171,10 +171,13 @@ class GaussianDiffusion:
         return x0.clamp(-s, s) / s
 
     # training
-    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
-        """t ~ U{0..T-1}; with `prior_fraction` p, a fraction p instead ~ U over the last 1% of the timesteps."""
+    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                         prior_fraction: float | None = None):
+        """t ~ U{0..T-1}; with `prior_fraction` p (default: the config's), a fraction p instead ~ U over the last 1%
+        of the timesteps."""
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-        p, n = self.config.prior_fraction, self.num_timesteps
+        p = self.config.prior_fraction if prior_fraction is None else prior_fraction
+        n = self.num_timesteps
         if p > 0:
             late = torch.randint(n - max(1, n // 100), n, (batch,), device=device, generator=generator)
             pick = torch.rand(batch, device=device, generator=generator) < p
@@ -193,6 +196,7 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prior_fraction: float | None = None,
     ) -> torch.Tensor:
         """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)`.
 
@@ -201,7 +205,7 @@ class GaussianDiffusion:
         min(SNR, gamma) expressed for the chosen prediction target (Hang et al. 2023)."""
         b, device = x0.shape[0], x0.device
         if t is None:
-            t = self.sample_timesteps(b, device, generator)
+            t = self.sample_timesteps(b, device, generator, prior_fraction)
         if noise is None:
             noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
         if drop_text is None and self.config.null_cond_prob > 0:

@@ -53,6 +53,9 @@ class TrainConfig:
     sample_count: int = 8  # videos in the sample grid (the first val clips' captions)
     sample_steps: int = 25
     sample_guidance: float = 3.0
+    # anneal model.diffusion.prior_fraction linearly to this value by the last step (null = constant): the direction
+    # of motion is learned from the high-noise samples early, the shapes' detail from the uniform ones later
+    prior_fraction_end: float | None = None
 
     def validate(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every", "keep_checkpoints",
@@ -70,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip: must be positive or null, got {self.grad_clip}")
+        if self.prior_fraction_end is not None and not 0 <= self.prior_fraction_end < 1:
+            raise ConfigError(f"prior_fraction_end: must be in [0, 1) or null, got {self.prior_fraction_end}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas: must be two numbers in [0, 1), got {list(self.betas)}")
 

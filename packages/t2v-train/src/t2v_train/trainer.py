@@ -47,6 +47,13 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def prior_fraction_at(step: int, start: float, end: float | None, steps: int) -> float:
+    """`start` (model.diffusion.prior_fraction) annealed linearly to `end` at the last step; constant if end is None."""
+    if end is None:
+        return start
+    return start + (end - start) * min(step / max(1, steps - 1), 1.0)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
@@ -222,6 +229,7 @@ class Trainer:
     def train_step(self, batches) -> float:
         cfg, dev = self.cfg, self.device
         lr = lr_at(self.step, cfg)
+        prior = prior_fraction_at(self.step, self.diffusion.config.prior_fraction, cfg.prior_fraction_end, cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -232,7 +240,8 @@ class Trainer:
             drop = torch.rand(len(x0), device=dev, generator=self.generator) < self.diffusion.config.null_cond_prob
             sync = micro == cfg.grad_accum - 1 or not self.d.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
-                loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator)
+                loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator,
+                                                    prior_fraction=prior)
                 loss = loss / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
