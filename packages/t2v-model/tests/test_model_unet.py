@@ -8,6 +8,7 @@ from t2v_model.attention import (
     SpatialLinearAttention,
     TemporalAttention,
     apply_rotary,
+    rotate_rows,
     rotary_cis,
 )
 
@@ -224,3 +225,15 @@ def test_spatial_linear_attention_equals_textbook_with_grads(channels_last):
     params = [x, layer.to_qkv.weight, layer.to_out.weight, layer.norm.weight]
     for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim_head", [16, 48])  # 48: only the first 32 channels of each head rotate
+def test_rotary_folded_into_weights_equals_rotating_the_projection(dim_head):
+    torch.manual_seed(0)
+    frames, heads, c = 6, 3, 10
+    weight = torch.randn(heads, dim_head, c)  # rows of each head's projection
+    x = torch.randn(frames, 7, c)  # (T, N, C)
+    cis = rotary_cis(frames, min(32, dim_head), x.device)
+    folded = torch.einsum("tnc,thdc->tnhd", x, rotate_rows(weight, cis))
+    projected = torch.einsum("tnc,hdc->tnhd", x, weight)
+    assert torch.allclose(folded, apply_rotary(projected, cis[:, None, None]), atol=1e-5)

@@ -55,7 +55,9 @@ def rotary_cis(frames: int, rot_dim: int, device: torch.device, theta: float = 1
 
 def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """Rotate the first `2*cis.shape[-2]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
-    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2, 2)): (a, b) -> (a cos - b sin, a sin + b cos)."""
+    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2, 2)): (a, b) -> (a cos - b sin, a sin + b cos).
+    The textbook, activation-side form: the model folds the same rotation into its weights (`rotate_rows`); the
+    tests check both against rotary-embedding-torch and each other."""
     rot = cis.shape[-2] * 2
     # split (not slicing) so the backward concatenates instead of zero-filling full-size gradients
     x_rot, x_pass = x.split([rot, x.shape[-1] - rot], dim=-1)
