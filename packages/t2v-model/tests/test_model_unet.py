@@ -7,10 +7,20 @@ from t2v_model.attention import (
     RelativePositionBias,
     SpatialLinearAttention,
     TemporalAttention,
-    apply_rotary,
     rotate_rows,
     rotary_cis,
 )
+
+
+def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """The textbook, activation-side rotary: rotate the first `2*cis.shape[-2]` channels of x pairwise,
+    (a, b) -> (a cos - b sin, a sin + b cos), with cis (T, ..., rot/2, 2) broadcast against x's leading dims.
+    The model folds the same rotation into its weights (`rotate_rows`); this is the reference both are checked with."""
+    rot = cis.shape[-2] * 2
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    a, b = x_rot.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cis.unbind(-1)
+    return torch.cat((torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2), x_pass), dim=-1)
 
 
 def tiny(**kw) -> Unet3D:

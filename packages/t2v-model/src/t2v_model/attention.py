@@ -53,26 +53,13 @@ def rotary_cis(frames: int, rot_dim: int, device: torch.device, theta: float = 1
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    """Rotate the first `2*cis.shape[-2]` channels of `x` by the per-frame angles in `cis` (broadcast against x's
-    leading dims, e.g. x (N, T, ..., d) with cis (T, 1, ..., rot/2, 2)): (a, b) -> (a cos - b sin, a sin + b cos).
-    The textbook, activation-side form: the model folds the same rotation into its weights (`rotate_rows`); the
-    tests check both against rotary-embedding-torch and each other."""
-    rot = cis.shape[-2] * 2
-    # split (not slicing) so the backward concatenates instead of zero-filling full-size gradients
-    x_rot, x_pass = x.split([rot, x.shape[-1] - rot], dim=-1)
-    a, b = x_rot.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cis.unbind(-1)
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
-    return out if x_pass.shape[-1] == 0 else torch.cat((out, x_pass), dim=-1)
-
-
 def rotate_rows(weight: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     """Fold the rotary embedding into a projection: `weight` (..., d, in) holds the rows of heads of size d; returns
     (T, ..., d, in) with the first `2*cis.shape[-2]` rows of every head rotated by frame t's angles, so that
-    `x @ rotate_rows(W, cis)[t].T == apply_rotary(x @ W.T, cis)[t]` (rotation is linear, it commutes with the
-    projection). The weight is tiny, the activations are not: this replaces four full-size elementwise passes (and
-    their backward) by one per-frame batched matmul."""
+    `x @ rotate_rows(W, cis)[t].T` is `x @ W.T` with its channel pairs (a, b) rotated to
+    (a cos - b sin, a sin + b cos): rotation is linear and commutes with the projection (the tests check this against
+    rotary-embedding-torch). The weight is tiny, the activations are not: this replaces four full-size elementwise
+    passes over q and k (and their backward) by one per-frame batched matmul."""
     rot = cis.shape[-2] * 2
     w_rot, w_pass = weight.split([rot, weight.shape[-2] - rot], dim=-2)
     a, b = w_rot.unflatten(-2, (-1, 2)).unbind(-2)  # (..., rot/2, in): even / odd rows
