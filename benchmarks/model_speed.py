@@ -4,7 +4,8 @@
     uv run --with video-diffusion-pytorch==0.7.0 benchmarks/model_speed.py   # side by side (peer never enters uv.lock)
 
 Default = the seed config (dim 64, mults 1,2,4,8, 5 frames of 32x32, batch 2, 768-d text). Both models get the same
-input; a train step is forward + L1 loss + backward + Adam step. A guided denoise step is one forward of the
+input; a train step is forward + L1 loss + backward + optimizer step, each model with its own trainer's optimizer:
+ours the fused AdamW of t2v_train, the peer's torch Adam (its Trainer's); `--same-optimizer` gives both plain Adam. A guided denoise step is one forward of the
 conditional and unconditional branch (batch 2 -> 4 rows): ours batched, the peer's as its `forward_with_cond_scale`
 does it (two forwards). Rounds alternate between the models and the median is reported, so background load hits both.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +61,22 @@ def build_peer(args, device="cpu"):
     return model, forward, guided
 
 
+def make_optimizer(model, same: bool = False):
+    """The optimizer each project's trainer uses: ours `t2v_train.trainer.make_optimizer` (fused AdamW), the peer's
+    `torch.optim.Adam` (video_diffusion_pytorch.Trainer). same=True: plain Adam for every model."""
+    from t2v_model import Unet3D
+
+    if isinstance(model, Unet3D) and not same:
+        from t2v_train.trainer import make_optimizer as trainer_optimizer
+
+        return trainer_optimizer(model.parameters(), lr=1e-4)
+    return torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def optimizer_name(opt) -> str:
+    return type(opt).__name__ + (" (fused)" if opt.defaults.get("fused") else "")
+
+
 def peer_available() -> bool:
     try:
         import video_diffusion_pytorch  # noqa: F401
@@ -81,10 +100,11 @@ def autocast(device_type: str, bf16: bool):
 
 
 def measure(model, forward, guided, inputs, reps: int, bf16: bool = False, denoise: bool = True, opt=None):
-    """`reps` timed train steps (forward + L1 loss + backward + Adam), then `reps` guided denoise steps (ms each)."""
+    """`reps` timed train steps (forward + L1 loss + backward + optimizer), then `reps` guided denoise steps (ms
+    each)."""
     x, t, text = inputs
     if opt is None:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = make_optimizer(model)
 
     def train_step():
         with autocast(x.device.type, bf16):
@@ -119,14 +139,16 @@ def timed(fn, reps):
     return out
 
 
-def alternate(runs, inputs, rounds: int, reps: int, warmup: int = 2, denoise: bool = True, log=None):
+def alternate(runs, inputs, rounds: int, reps: int, warmup: int = 2, denoise: bool = True, log=None,
+              same_optimizer: bool = False):
     """runs: [(name, (model, forward, guided), bf16)]. Warm up each, then `rounds` rounds that alternate between the
     runs (so background load hits all of them alike). Returns {name: {"params_M", "train_ms": [..], "denoise_ms"}}."""
     results = {name: {"train_ms": [], "denoise_ms": []} for name, _, _ in runs}
     opts = {}
     for name, (model, fwd, guided), bf16 in runs:
         results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-        opts[name] = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opts[name] = make_optimizer(model, same_optimizer)
+        results[name]["optimizer"] = optimizer_name(opts[name])
         if warmup:
             measure(model, fwd, guided, inputs, warmup, bf16, denoise, opts[name])
     for r in range(rounds):
@@ -144,11 +166,33 @@ def summarize(results, batch: int) -> dict:
     out = {}
     for name, r in results.items():
         train = statistics.median(r["train_ms"])
-        out[name] = {"params_M": r["params_M"], "train_step_ms": round(train, 1),
+        out[name] = {"params_M": r["params_M"], "optimizer": r["optimizer"], "train_step_ms": round(train, 1),
                      "train_samples_per_s": round(batch * 1000 / train, 3), "train_ms_all": [round(v, 1) for v in r["train_ms"]]}
         if r["denoise_ms"]:
             out[name]["guided_denoise_step_ms"] = round(statistics.median(r["denoise_ms"]), 1)
     return out
+
+
+def isolated(specs, args) -> dict:
+    """`rounds` rounds; in each, every model runs in a fresh process of its own (same flags), in turn."""
+    results = {name: {"train_ms": [], "denoise_ms": []} for name, *_ in specs}
+    argv = [a for a in sys.argv[1:] if a not in ("--isolate",)]
+    argv = [a for i, a in enumerate(argv) if not (a == "--json" or (i and argv[i - 1] == "--json"))]
+    for r in range(args.rounds):
+        for name, *_ in specs:
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", name]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"model_speed: the run of {name!r} failed: "
+                                 f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+            res = json.loads(line[len("CHILD_RESULT "):])
+            for key in ("params_M", "optimizer"):
+                results[name][key] = res[key]
+            results[name]["train_ms"] += res["train_ms"]
+            results[name]["denoise_ms"] += res["denoise_ms"]
+            print(f"  round {r + 1}/{args.rounds} {name}: train {[round(v) for v in res['train_ms']]} ms", flush=True)
+    return results
 
 
 def main():
@@ -165,42 +209,70 @@ def main():
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--compile", action="store_true",
                     help="also time our Unet3D under torch.compile (inductor; on CPU it needs a C++ compiler)")
+    ap.add_argument("--same-optimizer", action="store_true",
+                    help="plain torch Adam for every model (model speed alone) instead of each trainer's optimizer")
+    ap.add_argument("--isolate", action="store_true",
+                    help="every round of every model in a fresh process (no model shares the heap or caches with "
+                         "another); default: all models in this process, rounds alternating")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bf16", action="store_true",
                     help="also time every model under CPU bf16 autocast (weights and optimizer stay fp32)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
-    built = {"t2v": build_ours(args)}
+    # (name, which model, torch.compile?, bf16 autocast?)
+    specs = [("t2v", "t2v", False, False)]
+    if args.compile:
+        specs.append(("t2v (torch.compile)", "t2v", True, False))
     if peer_available():
-        built["video-diffusion-pytorch"] = build_peer(args)
+        specs.append(("video-diffusion-pytorch", "peer", False, False))
     else:
         print("(peer not installed: run with `uv run --with video-diffusion-pytorch==0.7.0 ...` to compare)")
-    # (name, model parts, bf16 autocast?)
-    runs = [(name, parts, False) for name, parts in built.items()]
-    if args.compile:
-        torch.manual_seed(0)
-        runs.insert(1, ("t2v (torch.compile)", build_ours(args, compile=True), False))
     if args.bf16:
-        runs += [(f"{name} (bf16 autocast)", parts, True) for name, parts in built.items()]
-    results = alternate(runs, inputs, args.rounds, args.reps)
+        specs += [(f"{name} (bf16 autocast)", which, False, True) for name, which, comp, _ in specs if not comp]
+
+    if args.child is not None:  # one model in this fresh process: warm up, time `reps` steps, report as JSON
+        name, which, comp, bf16 = next(sp for sp in specs if sp[0] == args.child)
+        torch.manual_seed(0)
+        parts = build_ours(args, compile=comp) if which == "t2v" else build_peer(args)
+        inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
+        res = alternate([(name, parts, bf16)], inputs, 1, args.reps, same_optimizer=args.same_optimizer)[name]
+        print("CHILD_RESULT " + json.dumps(res))
+        return
+    if args.isolate:
+        results = isolated(specs, args)
+    else:
+        torch.manual_seed(0)
+        inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
+        built = {}
+        for name, which, comp, bf16 in specs:
+            key = (which, comp)
+            if key not in built:
+                torch.manual_seed(0)
+                built[key] = build_ours(args, compile=comp) if which == "t2v" else build_peer(args)
+        runs = [(name, built[(which, comp)], bf16) for name, which, comp, bf16 in specs]
+        results = alternate(runs, inputs, args.rounds, args.reps, same_optimizer=args.same_optimizer)
 
     geometry = f"{args.frames}x{args.size}x{args.size}, batch {args.batch}, dim {args.dim}, mults {args.mults}"
     print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}")
-    print(f"{'model':<42}{'params (M)':>11}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
-    summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__, "models": {}}
+    print(f"{'model':<42}{'params (M)':>11}{'optimizer':>18}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
+    summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "method": (f"{args.rounds} rounds, each model in a fresh process per round" if args.isolate else
+                          f"{args.rounds} rounds alternating between the models in one process"),
+               "models": {}}
     for name, r in results.items():
         train = statistics.median(r["train_ms"])
         denoise = statistics.median(r["denoise_ms"])
         summary["models"][name] = {
             "params_M": r["params_M"],
+            "optimizer": r["optimizer"],
             "train_step_ms": round(train, 1),
+            "train_ms_all": [round(v, 1) for v in r["train_ms"]],
             "train_samples_per_s": round(args.batch * 1000 / train, 2),
             "guided_denoise_step_ms": round(denoise, 1),
         }
-        print(f"{name:<42}{r['params_M']:>11}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
+        print(f"{name:<42}{r['params_M']:>11}{r['optimizer']:>18}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
     models = summary["models"]
     peer = models.get("video-diffusion-pytorch")
     if peer:

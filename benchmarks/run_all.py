@@ -138,7 +138,7 @@ def child_train(spec: dict) -> dict:
         model, fwd, _ = ms.build_ours(a, device, gradient_checkpointing=spec["model"] == "t2v+gc",
                                       compile=spec.get("compile", False))
     inputs = ms.make_inputs(spec["batch"], spec["frames"], spec["size"], spec["cond_dim"], device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = ms.make_optimizer(model)  # each project's trainer optimizer (ours fused AdamW, the peer's Adam)
     for p in model.parameters():  # Adam moments now, so they count as state, not as step memory (a zero-grad step
         p.grad = torch.zeros_like(p)  # leaves the weights unchanged)
     opt.step()
@@ -400,11 +400,11 @@ def part_pipeline(args) -> dict:
                              "samples_per_s_1_worker": round(reads[1], 1)}
     log(f"[pipeline] shard read: {out['shard_read']}")
 
-    # what training consumes: quickstart model, real diffusion loss, Adam, batch from the config
+    # what training consumes: quickstart model, real diffusion loss, the trainer's AdamW, batch from the config
     torch.manual_seed(0)
     model = Unet3D(unet_cfg).to(args.device).train()
     diffusion = GaussianDiffusion(diff_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = ms.make_optimizer(model)
     x0 = first[0].to(args.device)  # a real loader batch (with tokens + mask when the config cross-attends)
     cond = {k: v.to(args.device) for k, v in first[1].items() if v is not None}
 

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +139,37 @@ def test_temporal_attention_equals_textbook_attention_with_grads(frames, dim_hea
     grads_ref = torch.autograd.grad(ref, params, g)
     for name, a, b in zip(["x", "to_qkv", "to_out", "norm", "bias"], grads, grads_ref):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+
+
+def _layer_and_grads(layer_fn, frames=5, dim_head=8, seed=0):
+    torch.manual_seed(seed)
+    layer = TemporalAttention(12, heads=2, dim_head=dim_head)
+    rpb = RelativePositionBias(2)
+    torch.nn.init.normal_(rpb.relative_attention_bias.weight)  # a bias that matters
+    x = torch.randn(2 * frames, 12, 3, 4, requires_grad=True)
+    cis = rotary_cis(frames, dim_head, x.device)
+    out = layer_fn(layer)(x, frames, rpb(frames, x.device), cis)
+    params = [x, layer.to_qkv.weight, layer.to_out.weight, rpb.relative_attention_bias.weight]
+    return out, torch.autograd.grad(out, params, torch.linspace(-1, 1, out.numel()).view_as(out))
+
+
+def test_compile_form_of_frame_attention_equals_sdpa(monkeypatch):
+    """The broadcast form used under torch.compile on CPU, run eagerly, against the SDPA form (values and grads)."""
+    ref, ref_grads = _layer_and_grads(lambda layer: layer)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    out, grads = _layer_and_grads(lambda layer: layer)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_compiled_temporal_attention_equals_eager():
+    ref, ref_grads = _layer_and_grads(lambda layer: layer, frames=3)
+    out, grads = _layer_and_grads(lambda layer: torch.compile(layer, fullgraph=True), frames=3)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_relative_position_bias_is_translation_invariant():
