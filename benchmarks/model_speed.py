@@ -5,9 +5,11 @@
 
 Default = the seed config (dim 64, mults 1,2,4,8, 5 frames of 32x32, batch 2, 768-d text). Both models get the same
 input; a train step is forward + L1 loss + backward + optimizer step, each model with its own trainer's optimizer:
-ours the fused AdamW of t2v_train, the peer's torch Adam (its Trainer's); `--same-optimizer` gives both plain Adam. A guided denoise step is one forward of the
-conditional and unconditional branch (batch 2 -> 4 rows): ours batched, the peer's as its `forward_with_cond_scale`
-does it (two forwards). Rounds alternate between the models and the median is reported, so background load hits both.
+ours the fused AdamW of t2v_train, the peer's torch Adam (its Trainer's); `--same-optimizer` gives both plain Adam.
+A guided denoise step is one forward of the conditional and unconditional branch (batch 2 -> 4 rows): ours batched,
+the peer's as its `forward_with_cond_scale` does it (two forwards). Rounds alternate between the models and the
+median is reported, so background load hits both; `--isolate` runs each model's round in a fresh process (models in
+one process slow each other down, the peer more than ours).
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile
     model = Unet3D(cfg).to(device)
     net = torch.compile(model, mode=compile_mode) if compile else model
 
+    graphs = compile and compile_mode == "reduce-overhead"
+
     def forward(x, t, text):
+        if graphs:  # a new iteration: the CUDA graphs may reuse the previous step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
         return net(x, t, text)
 
     def guided(x, t, text):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         # cond + uncond in ONE batched forward, as TextToVideo.generate does
         drop = torch.arange(2 * len(x), device=x.device) >= len(x)
         out = net(torch.cat((x, x)), torch.cat((t, t)), torch.cat((text, text)), drop_text=drop)
