@@ -184,11 +184,9 @@ def summarize(results, batch: int) -> dict:
 def isolated(specs, args) -> dict:
     """`rounds` rounds; in each, every model runs in a fresh process of its own (same flags), in turn."""
     results = {name: {"train_ms": [], "denoise_ms": []} for name, *_ in specs}
-    argv = [a for a in sys.argv[1:] if a not in ("--isolate",)]
-    argv = [a for i, a in enumerate(argv) if not (a == "--json" or (i and argv[i - 1] == "--json"))]
     for r in range(args.rounds):
-        for name, *_ in specs:
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", name]
+        for name, *_ in specs:  # same flags: a child runs its one model and returns before --isolate/--json matter
+            cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--child", name]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")), None)
             if line is None:
@@ -268,19 +266,10 @@ def main():
     summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "method": (f"{args.rounds} rounds, each model in a fresh process per round" if args.isolate else
                           f"{args.rounds} rounds alternating between the models in one process"),
-               "models": {}}
-    for name, r in results.items():
-        train = statistics.median(r["train_ms"])
-        denoise = statistics.median(r["denoise_ms"])
-        summary["models"][name] = {
-            "params_M": r["params_M"],
-            "optimizer": r["optimizer"],
-            "train_step_ms": round(train, 1),
-            "train_ms_all": [round(v, 1) for v in r["train_ms"]],
-            "train_samples_per_s": round(args.batch * 1000 / train, 2),
-            "guided_denoise_step_ms": round(denoise, 1),
-        }
-        print(f"{name:<42}{r['params_M']:>11}{r['optimizer']:>18}{train:>15.1f}{args.batch * 1000 / train:>11.2f}{denoise:>19.1f}")
+               "models": summarize(results, args.batch)}
+    for name, m in summary["models"].items():
+        print(f"{name:<42}{m['params_M']:>11}{m['optimizer']:>18}{m['train_step_ms']:>15.1f}"
+              f"{m['train_samples_per_s']:>11.2f}{m['guided_denoise_step_ms']:>19.1f}")
     models = summary["models"]
     peer = models.get("video-diffusion-pytorch")
     if peer:
