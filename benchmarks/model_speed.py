@@ -24,6 +24,12 @@ from pathlib import Path
 
 import torch
 
+from t2v_model.allocator import keep_freed_memory
+
+MALLOC = {"glibc": "glibc defaults for every model",
+          "ours": "t2v keeps freed memory (as its pipelines do), the peer glibc's defaults",
+          "both": "every model keeps freed memory (t2v_model.allocator)"}
+
 
 def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False,
                compile_mode: str | None = None):
@@ -221,9 +227,14 @@ def main():
                     help="every round of every model in a fresh process (no model shares the heap or caches with "
                          "another); default: all models in this process, rounds alternating")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", choices=["glibc", "ours", "both"], default="glibc",
+                    help="glibc: malloc as it comes; ours: t2v's processes keep freed memory as its pipelines do "
+                         "(t2v_model.allocator, needs --isolate); both: every model's process does")
     ap.add_argument("--bf16", action="store_true",
                     help="also time every model under CPU bf16 autocast (weights and optimizer stay fp32)")
     args = ap.parse_args()
+    if args.malloc == "ours" and not args.isolate and args.child is None:
+        ap.error("--malloc ours needs --isolate (the setting is per process)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -240,12 +251,16 @@ def main():
 
     if args.child is not None:  # one model in this fresh process: warm up, time `reps` steps, report as JSON
         name, which, comp, bf16 = next(sp for sp in specs if sp[0] == args.child)
+        if args.malloc == "both" or (args.malloc == "ours" and which == "t2v"):
+            keep_freed_memory()
         torch.manual_seed(0)
         parts = build_ours(args, compile=comp) if which == "t2v" else build_peer(args)
         inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
         res = alternate([(name, parts, bf16)], inputs, 1, args.reps, same_optimizer=args.same_optimizer)[name]
         print("CHILD_RESULT " + json.dumps(res))
         return
+    if args.malloc == "both":
+        keep_freed_memory()
     if args.isolate:
         results = isolated(specs, args)
     else:
@@ -261,11 +276,12 @@ def main():
         results = alternate(runs, inputs, args.rounds, args.reps, same_optimizer=args.same_optimizer)
 
     geometry = f"{args.frames}x{args.size}x{args.size}, batch {args.batch}, dim {args.dim}, mults {args.mults}"
-    print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}")
+    print(f"\nUnet3D speed on CPU ({torch.get_num_threads()} threads), {geometry}; malloc: {MALLOC[args.malloc]}")
     print(f"{'model':<42}{'params (M)':>11}{'optimizer':>18}{'train step ms':>15}{'samples/s':>11}{'guided denoise ms':>19}")
     summary = {"geometry": geometry, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "method": (f"{args.rounds} rounds, each model in a fresh process per round" if args.isolate else
                           f"{args.rounds} rounds alternating between the models in one process"),
+               "malloc": MALLOC[args.malloc],
                "models": summarize(results, args.batch)}
     for name, m in summary["models"].items():
         print(f"{name:<42}{m['params_M']:>11}{m['optimizer']:>18}{m['train_step_ms']:>15.1f}"

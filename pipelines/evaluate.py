@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from t2v_data.config import ConfigError
+from t2v_model.allocator import keep_freed_memory
 from t2v_model.checkpoint import CheckpointError
 from t2v_model.text_encoder import TextEncoderError
 from t2v_train import load_experiment
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.num_prompts=64")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # sampling re-allocates the same activations every step (t2v_model/allocator.py)
     try:
         result = evaluate(load_experiment(args.config, args.overrides), args.checkpoint, progress=not args.quiet)
     except ConfigError as e:

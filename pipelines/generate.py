@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from t2v_model.allocator import keep_freed_memory
 from t2v_model.checkpoint import CheckpointError
 from t2v_model.pipeline import TextToVideo
 from t2v_model.video_io import save_grid, save_video
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written files")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:

@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from t2v_data.config import ConfigError  # noqa: E402 - after the OpenMP setting
 from t2v_data.errors import DataError
+from t2v_model.allocator import keep_freed_memory
 from t2v_model.checkpoint import CheckpointError
 from t2v_textenc import EncoderMismatchError
 from t2v_train import TrainingError, load_experiment, train
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 train.steps=2000")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # no page faults re-touching last step's activations (t2v_model/allocator.py)
     try:
         overrides = list(args.overrides) + (["train.resume=never"] if args.fresh else [])
         exp = load_experiment(args.config, overrides)

@@ -88,8 +88,8 @@ class TemporalAttention(nn.Module):
     """Self-attention across the frames of every pixel: rotary embeddings on q/k and a learned relative position
     bias added to the logits, softmax(q k^T / sqrt(d) + bias) v, through SDPA (the bias is the attention mask).
 
-    Frame-major layout `(T, B*H*W, C)`: the q/k/v projection is one batched matmul over frames with the rotary
-    rotation folded into each frame's weights (`rotate_rows`)."""
+    Frame-major layout `(T, B*H*W, C)`: q and k are batched matmuls over frames with the rotary rotation folded into
+    each frame's weights (`rotate_rows`); v is a plain matmul."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -107,9 +107,12 @@ class TemporalAttention(nn.Module):
         seq = x.reshape(b, t, c, h, w).permute(1, 0, 3, 4, 2).reshape(t, n, c)
         w_qk, w_v = self.to_qkv.weight.split([2 * inner, inner])
         w_qk = rotate_rows(w_qk.unflatten(0, (2, self.heads, self.dim_head)), cis).flatten(1, 3)  # (T, 2*inner, C)
-        weight = torch.cat((w_qk, w_v.expand(t, inner, c)), dim=1).to(seq.dtype)  # (T, 3*inner, C)
-        qkv = torch.bmm(self.norm(seq), weight.transpose(1, 2))  # (T, N, 3*inner)
-        q, k, v = qkv.unflatten(-1, (3, self.heads, self.dim_head)).unbind(2)  # (T, N, heads, d)
+        y = self.norm(seq)
+        # three products, not one 3*inner-wide one split with unbind: unbind's backward stacks dq, dk, dv into a new
+        # (T, N, 3*inner) tensor (31 MB per full-resolution layer at the seed config), ~7% of the train step
+        w_q, w_k = w_qk.to(seq.dtype).chunk(2, dim=1)  # (T, inner, C) each
+        q, k = (torch.bmm(y, w.transpose(1, 2)).unflatten(-1, (self.heads, self.dim_head)) for w in (w_q, w_k))
+        v = torch.matmul(y, w_v.to(seq.dtype).t()).unflatten(-1, (self.heads, self.dim_head))  # (T, N, heads, d)
         out = self.to_out(frame_attention(q, k, v, pos_bias.to(q.dtype)).reshape(t, n, inner))  # (T, N, C)
         # back to (B*T, C, H, W), laid out channels-last like the rest of the network
         out = out.reshape(t, b, h, w, c).transpose(0, 1).reshape(bt, h, w, c).permute(0, 3, 1, 2)
@@ -120,9 +123,9 @@ class SpatialLinearAttention(nn.Module):
     """Linear attention over the pixels of each frame (Shen et al.; the seed's `SpatialLinearAttention`).
 
     softmax over channels for q, over pixels for k; context = k v^T per head, out = context^T q. The projection is
-    computed transposed, W @ x^T -> (N, heads*3*d, P), with the weight's rows regrouped per head (heads, 3, d): every
-    head's q, k and v are then contiguous (d, P) blocks whose (N, heads) batch dims merge into one stride, so the two
-    matmuls and the softmax over pixels run without a single copy or transpose of the activations."""
+    computed transposed, W_q @ x^T -> (N, heads*d, P) (likewise k, v): every head's q, k and v are then contiguous
+    (d, P) blocks whose (N, heads) batch dims merge into one stride, so the two matmuls and the softmax over pixels run
+    without a single copy or transpose of the activations."""
 
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
@@ -138,10 +141,11 @@ class SpatialLinearAttention(nn.Module):
         n, c, h, w = x.shape
         heads, dh = self.heads, self.dim_head
         seq = self.norm(x.permute(0, 2, 3, 1).reshape(n, h * w, c))  # (N, P, C): a view of channels-last x
-        weight = self.to_qkv.weight.unflatten(0, (3, heads, dh)).transpose(0, 1).reshape(-1, c).to(seq.dtype)
-        qkv = torch.bmm(weight.expand(n, -1, -1), seq.transpose(1, 2))  # (N, heads*3*d, P); matmul would transpose
-        # a (N*P, 3*hidden) product into this layout, bmm writes it directly
-        q, k, v = qkv.unflatten(1, (heads, 3, dh)).unbind(2)  # (N, heads, d, P)
+        seq_t = seq.transpose(1, 2)
+        # W @ x^T: bmm writes (N, hidden, P) directly (matmul would transpose an (N*P, hidden) product into it); one
+        # product per q, k, v so that backward needs no stack of their gradients (see TemporalAttention)
+        q, k, v = (torch.bmm(w.to(seq.dtype).expand(n, -1, -1), seq_t).unflatten(1, (heads, dh))
+                   for w in self.to_qkv.weight.chunk(3))  # (N, heads, d, P) each
         q = q.softmax(dim=-2)
         k = k.softmax(dim=-1)
         context = torch.matmul(k, v.transpose(-1, -2)) * self.scale  # (N, heads, d, e)

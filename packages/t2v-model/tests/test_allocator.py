@@ -1,0 +1,45 @@
+"""keep_freed_memory: after it, re-allocating a freed block costs no page faults (glibc only)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import resource, sys
+import torch
+from t2v_model.allocator import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.empty(16 << 20)  # 64 MiB: above any mmap threshold glibc would pick by itself
+    x.fill_(1.0)
+    del x
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(applied), sum(faults[3:]))  # steady state: the first rounds grow the heap
+"""
+
+
+def probe(mode: str, **env) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, "T2V_KEEP_FREED_MEMORY": "1", **env})
+    applied, faults = out.stdout.split()
+    return applied == "1", int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_freed_memory_is_reused_without_page_faults():
+    applied, faults_kept = probe("keep")
+    if not applied:
+        pytest.skip("not glibc malloc")
+    _, faults_default = probe("default")
+    pages = 3 * (64 << 20) // 4096  # three re-allocations of 64 MiB
+    assert faults_default > pages // 2  # glibc maps and unmaps the block every time: a fault per page
+    assert faults_kept < pages // 20  # kept: the pages are already there
+
+
+def test_opt_out():
+    applied, _ = probe("keep", T2V_KEEP_FREED_MEMORY="0")
+    assert not applied
