@@ -3,11 +3,11 @@
 A training step allocates and frees the same few hundred MB of activations every time. glibc by default gives large
 freed blocks back to the OS (each block over its mmap threshold has a mapping of its own, unmapped on free; the top
 of the heap is trimmed), so the next step takes a page fault on every 4 KiB page it touches again: about 2.4 us each
-on the 2-core VM this was measured on. Seed config (5x32x32, batch 2): 50k-140k faults a step; 8x64x64: 1.3 M faults,
-about 3 s of an 8 s step. With the three settings below the same steps take no faults after the first: 8x64x64 ran
-in 5.3 s instead of 8.0-9.2 s, the quickstart model's step in 523 ms instead of 635 (peak RSS +10%, which the
-process keeps until it exits: the right trade for a training or sampling job, not for a library import, so only the
-pipeline entry points call this).
+on the 2-core VM this was measured on. Seed model (dim 64) at 5x32x32, batch 2: 50k-140k faults a step; at
+8x64x64: 1.3 M faults, about 3 s of an 8 s step. With the three settings below the same steps take no faults after
+the first: the 8x64x64 step ran in 5.3 s instead of 8.0-9.2 s, the quickstart model's in 523 ms instead of 635
+(peak RSS +10%, which the process keeps until it exits: the right trade for a training or sampling job, not for a
+library import, so only the pipeline entry points call this).
 
 Opt out with `T2V_KEEP_FREED_MEMORY=0`.
 """
