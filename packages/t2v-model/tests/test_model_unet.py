@@ -95,6 +95,19 @@ def test_gradient_checkpointing_gives_same_loss_and_grads():
             assert torch.allclose(p.grad, ref[n], atol=1e-6), n
 
 
+def test_every_gradient_has_its_parameters_strides():
+    """DDP's gradient layout contract (else: "grad strides do not match bucket view strides" and a copy per step);
+    1x1 kernels get channels-last gradients from channels-last activations, so their weights are laid out alike."""
+    model = tiny(dim_mults=(1, 2))  # its ResnetBlocks change width: 1x1 residual convs, plus the final 1x1 conv
+    assert any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels > 1
+               for m in model.modules())
+    x, t, text = torch.randn(2, 3, 3, 8, 8), torch.tensor([1, 2]), torch.randn(2, 16)
+    model(x, t, text).square().mean().backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert p.grad.stride() == p.stride(), n
+
+
 def test_rotary_matches_rotary_embedding_torch():
     rotary_embedding_torch = pytest.importorskip("rotary_embedding_torch")
     rot = rotary_embedding_torch.RotaryEmbedding(16)

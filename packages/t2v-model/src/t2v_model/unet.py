@@ -45,6 +45,15 @@ def coordinate_channels(batch: int, frames: int, height: int, width: int, device
     return grid.transpose(0, 1).repeat(batch, 1, 1, 1)
 
 
+def channels_last_1x1(weight: torch.Tensor) -> torch.Tensor:
+    """The same (O, I, 1, 1) kernel with the strides a convolution on channels-last input gives its gradient,
+    (I, 1, I, I). Same memory either way, but DDP compares strides: with the default (I, 1, 1, 1) it warns that "grad
+    strides do not match bucket view strides" and copies the gradient every step. (`.contiguous(channels_last)` is a
+    no-op here: a 1x1 kernel already counts as channels-last contiguous.)"""
+    o, i = weight.shape[:2]
+    return torch.empty_strided(weight.shape, (i, 1, i, i), dtype=weight.dtype, device=weight.device).copy_(weight)
+
+
 class Block(nn.Module):
     """3x3 conv per frame -> GroupNorm -> optional FiLM (scale, shift) -> SiLU."""
 
@@ -155,6 +164,9 @@ class Unet3D(nn.Module):
         self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
         self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
+                m.weight = nn.Parameter(channels_last_1x1(m.weight.detach()))
 
     @property
     def dtype(self) -> torch.dtype:
