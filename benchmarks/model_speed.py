@@ -259,11 +259,11 @@ def main():
         res = alternate([(name, parts, bf16)], inputs, 1, args.reps, same_optimizer=args.same_optimizer)[name]
         print("CHILD_RESULT " + json.dumps(res))
         return
-    if args.malloc == "both":
-        keep_freed_memory()
-    if args.isolate:
+    if args.isolate:  # each child process applies --malloc itself (above)
         results = isolated(specs, args)
     else:
+        if args.malloc == "both":
+            keep_freed_memory()
         torch.manual_seed(0)
         inputs = make_inputs(args.batch, args.frames, args.size, args.cond_dim)
         built = {}

@@ -50,7 +50,7 @@ def channels_last_1x1(weight: torch.Tensor) -> torch.Tensor:
     (I, 1, I, I). Same memory either way, but DDP compares strides: with the default (I, 1, 1, 1) it warns that "grad
     strides do not match bucket view strides" and copies the gradient every step. (`.contiguous(channels_last)` is a
     no-op here: a 1x1 kernel already counts as channels-last contiguous.)"""
-    o, i = weight.shape[:2]
+    i = weight.shape[1]
     return torch.empty_strided(weight.shape, (i, 1, i, i), dtype=weight.dtype, device=weight.device).copy_(weight)
 
 
