@@ -32,9 +32,11 @@ MALLOC = {"glibc": "glibc defaults for every model",
 
 
 def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile: bool = False,
-               compile_mode: str | None = None):
+               compile_mode: str | None = None, cuda_graph: bool = False):
     """Our Unet3D at args.dim/mults/cond_dim; `compile` wraps it in torch.compile (`compile_mode`, e.g.
-    "reduce-overhead" = CUDA graphs, which removes the kernel-launch cost that dominates small batches on a GPU)."""
+    "reduce-overhead" = CUDA graphs, which removes the kernel-launch cost that dominates small batches on a GPU).
+    `cuda_graph`: `measure` times the whole train step captured once as a CUDA graph and replayed
+    (`cuda_graph_train_step`; CUDA only)."""
     from t2v_model import Unet3D, UnetConfig
 
     cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim,
@@ -58,7 +60,43 @@ def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile
         cond, uncond = out.chunk(2)
         return uncond + 3.0 * (cond - uncond)
 
+    forward.cuda_graph = cuda_graph
     return model, forward, guided
+
+
+def is_graphed(forward) -> bool:
+    return getattr(forward, "cuda_graph", False)
+
+
+def cuda_graph_train_step(forward, inputs, opt, bf16: bool, warmup: int = 3):
+    """Forward + L1 loss + backward + optimizer step captured once as one CUDA graph; returns its replay.
+
+    At the seed size a GPU train step is a few milliseconds of math under tens of milliseconds of kernel launches
+    from Python (H200: fp32 eager 56 ms, bf16 autocast *slower*, 69 ms); a replay launches the recorded step at once.
+    Eager capture, no compiler (seconds, where `torch.compile(mode="reduce-overhead")` did not finish compiling in a
+    15-minute lease). Needs static inputs (the benchmark's batch is fixed; a trainer would copy each batch into
+    them) and a capturable optimizer (`make_optimizer(..., capturable=True)`: its step count lives on the GPU)."""
+    x, t, text = inputs
+
+    def step():
+        # autocast's cache of cast weights must be off in a capture: the casts become kernels of the graph
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            loss = (forward(x, t, text).float() - x).abs().mean()
+        loss.backward()
+        opt.step()
+
+    side = torch.cuda.Stream()  # warm up on a side stream (lazy initialisations must not be captured)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients in the graph's memory pool
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def build_peer(args, device="cpu"):
@@ -75,11 +113,15 @@ def build_peer(args, device="cpu"):
     return model, forward, guided
 
 
-def make_optimizer(model, same: bool = False):
+def make_optimizer(model, same: bool = False, capturable: bool = False):
     """The optimizer each project's trainer uses: ours `t2v_train.trainer.make_optimizer` (fused AdamW), the peer's
-    `torch.optim.Adam` (video_diffusion_pytorch.Trainer). same=True: plain Adam for every model."""
+    `torch.optim.Adam` (video_diffusion_pytorch.Trainer). same=True: plain Adam for every model. capturable=True:
+    ours with the same settings, safe to record in a CUDA graph."""
     from t2v_model import Unet3D
 
+    if isinstance(model, Unet3D) and capturable:
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, fused=True,
+                                 capturable=True)
     if isinstance(model, Unet3D) and not same:
         from t2v_train.trainer import make_optimizer as trainer_optimizer
 
@@ -131,6 +173,12 @@ def measure(model, forward, guided, inputs, reps: int, bf16: bool = False, denoi
         with torch.inference_mode(), autocast(x.device.type, bf16):
             guided(x, t, text)
 
+    if is_graphed(forward):  # captured on first use, then every timed step is a replay
+        if getattr(forward, "graph_step", None) is None:
+            model.train()
+            forward.graph_step = cuda_graph_train_step(forward, inputs, opt, bf16)
+        train_step = forward.graph_step
+
     model.train()
     train = timed(train_step, reps)
     model.eval()
@@ -158,15 +206,25 @@ def alternate(runs, inputs, rounds: int, reps: int, warmup: int = 2, denoise: bo
     """runs: [(name, (model, forward, guided), bf16)]. Warm up each, then `rounds` rounds that alternate between the
     runs (so background load hits all of them alike). Returns {name: {"params_M", "train_ms": [..], "denoise_ms"}}."""
     results = {name: {"train_ms": [], "denoise_ms": []} for name, _, _ in runs}
-    opts = {}
+    opts, failed = {}, {}
     for name, (model, fwd, guided), bf16 in runs:
         results[name]["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-        opts[name] = make_optimizer(model, same_optimizer)
-        results[name]["optimizer"] = optimizer_name(opts[name])
-        if warmup:
-            measure(model, fwd, guided, inputs, warmup, bf16, denoise, opts[name])
+        opts[name] = make_optimizer(model, same_optimizer, capturable=is_graphed(fwd))
+        results[name]["optimizer"] = optimizer_name(opts[name]) + (" + CUDA graph" if is_graphed(fwd) else "")
+        n_warm = max(warmup, 1) if is_graphed(fwd) else warmup  # a graph is captured (or fails) in its first step
+        try:
+            if n_warm:
+                measure(model, fwd, guided, inputs, n_warm, bf16, denoise, opts[name])
+        except Exception as e:  # a capture can fail (PyTorch/driver version, an op that syncs): report it, time the rest
+            if not is_graphed(fwd):
+                raise
+            failed[name] = results[name]["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            if log:
+                log(f"  {name}: CUDA graph capture failed ({failed[name]}); left out")
     for r in range(rounds):
         for name, (model, fwd, guided), bf16 in runs:
+            if name in failed:
+                continue
             train, den = measure(model, fwd, guided, inputs, reps, bf16, denoise, opts[name])
             results[name]["train_ms"] += train
             results[name]["denoise_ms"] += den
@@ -179,6 +237,9 @@ def alternate(runs, inputs, rounds: int, reps: int, warmup: int = 2, denoise: bo
 def summarize(results, batch: int) -> dict:
     out = {}
     for name, r in results.items():
+        if "error" in r:
+            out[name] = {"error": r["error"]}
+            continue
         train = statistics.median(r["train_ms"])
         out[name] = {"params_M": r["params_M"], "optimizer": r["optimizer"], "train_step_ms": round(train, 1),
                      "train_samples_per_s": round(batch * 1000 / train, 3), "train_ms_all": [round(v, 1) for v in r["train_ms"]]}

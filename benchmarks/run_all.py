@@ -23,8 +23,10 @@ Parts:
             the trainer's shard loader (t2v_train.data.train_loader) over pre-embedded shards made on the fly by the
             prepare + embed APIs, vs the samples/s a train step of the quickstart model consumes (target: >= 5x).
 
-On CUDA ours runs under bf16 autocast as well (SDPA attention is what the model uses everywhere); --compile adds a
-torch.compile'd variant of ours (on CUDA also one with mode="reduce-overhead", i.e. CUDA graphs). Timings on a shared machine are noisy: rounds alternate, medians are reported.
+On CUDA ours runs under bf16 autocast as well (SDPA attention is what the model uses everywhere), and also with the
+whole train step (forward, loss, backward, fused AdamW) captured once as a CUDA graph and replayed (eager capture, no
+compiler: at small sizes a GPU step is mostly kernel launches); --compile adds a torch.compile'd variant of ours (on
+CUDA also one with mode="reduce-overhead", and one compiled in the default mode whose whole step is captured). Timings on a shared machine are noisy: rounds alternate, medians are reported.
 """
 
 from __future__ import annotations
@@ -185,12 +187,19 @@ def part_speed(args, frames: int, size: int, batch: int, rounds: int, reps: int,
     inputs = ms.make_inputs(batch, frames, size, args.cond_dim, args.device)
     ours = ms.build_ours(a, args.device)
     runs = [("t2v fp32", ours, False), ("t2v bf16 autocast", ours, True)]
+    if args.device == "cuda":  # the whole train step as one CUDA graph, eager capture (ms.cuda_graph_train_step)
+        for name, bf16 in (("t2v fp32 + CUDA graph", False), ("t2v bf16 autocast + CUDA graph", True)):
+            torch.manual_seed(0)
+            runs.append((name, ms.build_ours(a, args.device, cuda_graph=True), bf16))
     if args.compile:
         runs.append(("t2v bf16 autocast + compile", ms.build_ours(a, args.device, compile=True), True))
         if args.device == "cuda":
             torch.manual_seed(0)
             runs.append(("t2v bf16 autocast + compile (CUDA graphs)",
                          ms.build_ours(a, args.device, compile=True, compile_mode="reduce-overhead"), True))
+            torch.manual_seed(0)  # inductor's default mode, the whole step then captured as above
+            runs.append(("t2v bf16 autocast + compile + CUDA graph",
+                         ms.build_ours(a, args.device, compile=True, cuda_graph=True), True))
     if args.peer:
         runs.append((f"{PEER} fp32", ms.build_peer(a, args.device), False))
     log(f"[{frames}x{size}x{size}, batch {batch}] {', '.join(n for n, _, _ in runs)}; {rounds} rounds x {reps}")
@@ -199,12 +208,12 @@ def part_speed(args, frames: int, size: int, batch: int, rounds: int, reps: int,
                         "cond_dim": args.cond_dim}, "rounds": rounds, "reps": reps, "models": results}
     peer = results.get(f"{PEER} fp32")
     if peer:
+        timed = {n: r for n, r in results.items() if n.startswith("t2v") and "error" not in r}
         out["train_speedup_vs_peer_fp32"] = {n: round(peer["train_step_ms"] / r["train_step_ms"], 2)
-                                             for n, r in results.items() if n.startswith("t2v")}
+                                             for n, r in timed.items()}
         if denoise:
             out["denoise_speedup_vs_peer_fp32"] = {
-                n: round(peer["guided_denoise_step_ms"] / r["guided_denoise_step_ms"], 2)
-                for n, r in results.items() if n.startswith("t2v")}
+                n: round(peer["guided_denoise_step_ms"] / r["guided_denoise_step_ms"], 2) for n, r in timed.items()}
     return out
 
 
@@ -444,6 +453,9 @@ def table(res: dict) -> str:
         peer = r["models"].get(f"{PEER} fp32")
         for name, m in r["models"].items():
             if not name.startswith("t2v"):
+                continue
+            if "error" in m:
+                lines.append(f"| {label} train, {geo}, {name[4:]} | failed: {m['error'][:80]} | | | |")
                 continue
             sp = r.get("train_speedup_vs_peer_fp32", {}).get(name)
             lines.append(f"| {label} train samples/s, {geo}, {name[4:]} (peer fp32) | {m['train_samples_per_s']:.3f} | "
