@@ -15,6 +15,7 @@ one process slow each other down, the peer more than ours).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -60,7 +61,7 @@ def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile
         cond, uncond = out.chunk(2)
         return uncond + 3.0 * (cond - uncond)
 
-    forward.cuda_graph = cuda_graph
+    forward.cuda_graph, forward.graph_step = cuda_graph, None  # graph_step: the captured step's replay (measure)
     return model, forward, guided
 
 
@@ -76,15 +77,8 @@ def cuda_graph_train_step(forward, inputs, opt, bf16: bool, warmup: int = 3):
     Eager capture, no compiler (seconds, where `torch.compile(mode="reduce-overhead")` did not finish compiling in a
     15-minute lease). Needs static inputs (the benchmark's batch is fixed; a trainer would copy each batch into
     them) and a capturable optimizer (`make_optimizer(..., capturable=True)`: its step count lives on the GPU)."""
-    x, t, text = inputs
-
-    def step():
-        # autocast's cache of cast weights must be off in a capture: the casts become kernels of the graph
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
-            loss = (forward(x, t, text).float() - x).abs().mean()
-        loss.backward()
-        opt.step()
-
+    # autocast's cache of cast weights must be off in a capture: the casts become kernels of the graph
+    step = functools.partial(train_step_once, forward, inputs, opt, bf16, autocast_cache=False)
     side = torch.cuda.Stream()  # warm up on a side stream (lazy initialisations must not be captured)
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -116,17 +110,14 @@ def build_peer(args, device="cpu"):
 def make_optimizer(model, same: bool = False, capturable: bool = False):
     """The optimizer each project's trainer uses: ours `t2v_train.trainer.make_optimizer` (fused AdamW), the peer's
     `torch.optim.Adam` (video_diffusion_pytorch.Trainer). same=True: plain Adam for every model. capturable=True:
-    ours with the same settings, safe to record in a CUDA graph."""
+    the same optimizer, safe to record in a CUDA graph."""
     from t2v_model import Unet3D
 
-    if isinstance(model, Unet3D) and capturable:
-        return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, fused=True,
-                                 capturable=True)
     if isinstance(model, Unet3D) and not same:
         from t2v_train.trainer import make_optimizer as trainer_optimizer
 
-        return trainer_optimizer(model.parameters(), lr=1e-4)
-    return torch.optim.Adam(model.parameters(), lr=1e-4)
+        return trainer_optimizer(model.parameters(), lr=1e-4, capturable=capturable)
+    return torch.optim.Adam(model.parameters(), lr=1e-4, capturable=capturable)
 
 
 def optimizer_name(opt) -> str:
@@ -151,8 +142,17 @@ def make_inputs(batch: int, frames: int, size: int, cond_dim: int, device="cpu",
     )
 
 
-def autocast(device_type: str, bf16: bool):
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+def autocast(device_type: str, bf16: bool, cache: bool = True):
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=cache)
+
+
+def train_step_once(forward, inputs, opt, bf16: bool, autocast_cache: bool = True):
+    """Forward + L1 loss + backward + optimizer step (gradients are left for the caller to clear)."""
+    x, t, text = inputs
+    with autocast(x.device.type, bf16, autocast_cache):
+        loss = (forward(x, t, text).float() - x).abs().mean()
+    loss.backward()
+    opt.step()
 
 
 def measure(model, forward, guided, inputs, reps: int, bf16: bool = False, denoise: bool = True, opt=None):
@@ -163,23 +163,18 @@ def measure(model, forward, guided, inputs, reps: int, bf16: bool = False, denoi
         opt = make_optimizer(model)
 
     def train_step():
-        with autocast(x.device.type, bf16):
-            loss = (forward(x, t, text).float() - x).abs().mean()
-        loss.backward()
-        opt.step()
+        train_step_once(forward, inputs, opt, bf16)
         opt.zero_grad(set_to_none=True)
 
     def denoise_step():
         with torch.inference_mode(), autocast(x.device.type, bf16):
             guided(x, t, text)
 
+    model.train()
     if is_graphed(forward):  # captured on first use, then every timed step is a replay
-        if getattr(forward, "graph_step", None) is None:
-            model.train()
+        if forward.graph_step is None:
             forward.graph_step = cuda_graph_train_step(forward, inputs, opt, bf16)
         train_step = forward.graph_step
-
-    model.train()
     train = timed(train_step, reps)
     model.eval()
     return train, timed(denoise_step, reps) if denoise else []

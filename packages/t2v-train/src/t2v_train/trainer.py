@@ -54,15 +54,18 @@ def prior_fraction_at(step: int, start: float, end: float | None, steps: int) ->
     return start + (end - start) * min(step / max(1, steps - 1), 1.0)
 
 
-def make_optimizer(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0) -> torch.optim.AdamW:
+def make_optimizer(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,
+                   capturable: bool = False) -> torch.optim.AdamW:
     """AdamW with the fused kernel (one pass over each parameter, no per-tensor Python loop): on CPU the default
     for-loop AdamW costs ~95 ms per step on the 42M-parameter seed model, the fused one ~17 ms. Same update rule;
-    falls back to the default implementation on devices without a fused kernel."""
+    falls back to the default implementation on devices without a fused kernel. `capturable`: safe to record in a
+    CUDA graph (the step count stays on the GPU)."""
     params = list(params)
+    kw = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, capturable=capturable)
     try:
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
+        return torch.optim.AdamW(params, fused=True, **kw)
     except (RuntimeError, TypeError):  # e.g. a device type the fused kernel does not support
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return torch.optim.AdamW(params, **kw)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
