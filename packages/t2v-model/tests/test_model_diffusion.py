@@ -1,11 +1,12 @@
 """Our diffusion math against diffusers' schedulers (a test-only oracle)."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
-from t2v_model import DiffusionConfig
+from t2v_model import DiffusionConfig, ModelConfigError
 from t2v_model.diffusion import GaussianDiffusion
 from t2v_model.samplers import ddim_sample, ddim_step, ddpm_sample, ddpm_step, respaced, timestep_schedule
 
@@ -153,6 +154,22 @@ def test_timestep_schedule_validation():
     assert timestep_schedule(10, 10) == list(range(9, -1, -1))
     with pytest.raises(ValueError, match="steps"):
         timestep_schedule(1000, 0)
+
+
+def test_linspace_spacing_rounds_the_exact_grid():
+    # float linspace misrounds the .5 ties for dozens of step counts (e.g. 27 steps of 1000)
+    for steps in range(1, 1001):
+        exact = [round(Fraction(999 * i, max(steps - 1, 1))) for i in range(steps)][::-1]
+        assert timestep_schedule(1000, steps, "linspace") == exact, steps
+
+
+def test_linear_schedule_rejects_too_few_timesteps():
+    # the last beta is 20/T: at T <= 20 abar reaches 0 (or below) and sampling divides by it
+    with pytest.raises(ModelConfigError, match="timesteps: the linear schedule"):
+        DiffusionConfig(timesteps=20, schedule="linear").validate()
+    DiffusionConfig(timesteps=20, schedule="cosine").validate()
+    abar = GaussianDiffusion(DiffusionConfig(timesteps=21, schedule="linear"))._f64["alphas_cumprod"]
+    assert abar[-1] > 0 and torch.isfinite(abar.rsqrt()).all()
 
 
 @pytest.mark.parametrize("shift", [2.0, 4.0])

@@ -60,3 +60,18 @@ def test_hflip_mirrors_about_half_the_clips(shards):
     s = flipped[0]
     plain, mirrored = TrainStream.decode({**s, "_flip": False}), TrainStream.decode(s)
     assert torch.equal(mirrored["video"], plain["video"].flip(2))
+
+
+def test_validation_loss_is_the_uniform_t_loss_whatever_prior_fraction_training_uses(shards):
+    from t2v_model import DiffusionConfig, Unet3D, UnetConfig
+    from t2v_model.diffusion import GaussianDiffusion
+    from t2v_train.trainer import validation_loss
+
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=16, attn_heads=2, attn_dim_head=8,
+                              use_sparse_linear_attn=False))
+    val = shard_list(shards, "val")
+    losses = [validation_loss(model, GaussianDiffusion(DiffusionConfig(timesteps=100, prior_fraction=p)), val,
+                              batch_size=4, limit=2, device=torch.device("cpu"), seed=0) for p in (0.0, 0.5, 0.9)]
+    assert losses[0] == losses[1] == losses[2]
+    assert losses[0] > 0

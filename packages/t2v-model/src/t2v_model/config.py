@@ -70,6 +70,9 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         _positive(self, "timesteps")
+        if self.schedule == "linear" and self.timesteps <= 20:
+            raise ModelConfigError(f"timesteps: the linear schedule needs more than 20 (its last beta is 20/timesteps, "
+                                   f"which must stay below 1), got {self.timesteps}; use schedule: cosine")
         if not (isinstance(self.schedule_shift, (int, float)) and self.schedule_shift > 0):
             raise ModelConfigError(f"schedule_shift: must be a positive number, got {self.schedule_shift!r}")
         if not 0.0 <= self.prior_fraction < 1.0:

@@ -28,6 +28,8 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
 
 def linear_betas(timesteps: int) -> torch.Tensor:
     """Ho et al.'s linear schedule, scaled so that any T matches the 1000-step original (1e-4 .. 0.02)."""
+    if timesteps <= 20:
+        raise ValueError(f"linear schedule: needs more than 20 timesteps (the last beta is 20/T), got {timesteps}")
     scale = 1000 / timesteps
     return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
 

@@ -7,6 +7,7 @@ A sampler gets `denoise(x_t, t) -> raw model output` (classifier-free guidance a
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Literal
 
 import torch
@@ -28,7 +29,8 @@ def timestep_schedule(num_train: int, steps: int, spacing: Spacing = "trailing")
         ratio = num_train // steps
         ts = [i * ratio for i in range(steps)][::-1]
     elif spacing == "linspace":
-        ts = torch.linspace(0, num_train - 1, steps).round().long().tolist()[::-1]
+        # exact rational grid, halves to even (float linspace misrounds the .5 ties for some step counts)
+        ts = [round(Fraction((num_train - 1) * i, max(steps - 1, 1))) for i in range(steps)][::-1]
     else:
         raise ValueError(f"spacing: unknown {spacing!r} (trailing | leading | linspace)")
     return [int(t) for t in ts]

@@ -37,7 +37,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.995
     ema_start: int = 0  # before this step the EMA copies the weights
-    ema_every: int = 1
+    ema_every: int = 1  # the decay applies per update: the average spans ~ema_every / (1 - ema_decay) steps
     num_workers: int = 0  # DataLoader worker processes per rank
     shuffle_buffer: int = 256
     # random horizontal flip; captions are pre-embedded so "left"/"right" cannot be swapped: only for data whose

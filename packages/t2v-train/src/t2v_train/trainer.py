@@ -302,7 +302,8 @@ class Trainer:
 @torch.no_grad()
 def validation_loss(model, diffusion: GaussianDiffusion, shards: list[str], batch_size: int, limit: int,
                     device: torch.device, seed: int) -> float:
-    """Mean conditional loss over the first `limit` val batches with fixed t and noise (comparable across runs)."""
+    """Mean conditional loss over the first `limit` val batches with fixed t and noise, t uniform over the schedule
+    (prior_fraction 0, whatever training uses), so runs with different settings compare."""
     if not shards or limit == 0:
         return float("nan")
     model.eval()
@@ -312,7 +313,7 @@ def validation_loss(model, diffusion: GaussianDiffusion, shards: list[str], batc
         x0 = to_model_input(batch["video"], device)
         keep = torch.zeros(len(x0), dtype=torch.bool, device=device)
         losses.append(diffusion.training_loss(model, x0, **text_inputs(batch, device), drop_text=keep,
-                                              generator=generator).item())
+                                              generator=generator, prior_fraction=0.0).item())
     return float(np.mean(losses))
 
 
