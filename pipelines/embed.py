@@ -28,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = embed_config_from_experiment(load_yaml(args.config, args.overrides))
         summary = run_embed(cfg, progress=not args.quiet)
-    except (ConfigError, ShardError, TextEncoderError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (ShardError, TextEncoderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(summary.format())
     return 0
 

@@ -1,4 +1,5 @@
-"""Evaluate stage: prompt adherence (colour / motion read back from generated pixels) on held-out prompts.
+"""Evaluate stage: prompt adherence (colour / motion read back from generated pixels) on synthetic prompts (held out
+of training when data.shapes.holdout names combinations).
 
     uv run pipelines/evaluate.py --config configs/quickstart.yaml [--checkpoint DIR] [evaluate.steps=50]
 
@@ -19,7 +20,7 @@ from t2v_train.evaluate import evaluate, format_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Score a checkpoint's prompt adherence on held-out synthetic prompts.")
+    ap = argparse.ArgumentParser(description="Score a checkpoint's prompt adherence on synthetic prompts.")
     ap.add_argument("--config", required=True, help="experiment YAML, e.g. configs/quickstart.yaml")
     ap.add_argument("--checkpoint", help="inference checkpoint dir (default: evaluate.checkpoint or runs/<name>/model)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

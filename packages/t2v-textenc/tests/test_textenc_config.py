@@ -72,6 +72,10 @@ def test_pipeline_cli_runs_and_reports(raw_dir, tmp_path, capsys, encoder):
 def test_pipeline_cli_one_line_error_for_missing_input(tmp_path, capsys):
     config = tmp_path / "exp.yaml"
     config.write_text(f"name: exp\ndata:\n  out_dir: {tmp_path / 'nowhere'}\n")
-    assert load_pipeline().main(["--config", str(config), f"embed.out_dir={tmp_path / 'o'}", "--quiet"]) == 2
+    # exit 1: the command is fine, its input is not (exit 2 is kept for a bad command line / config)
+    assert load_pipeline().main(["--config", str(config), f"embed.out_dir={tmp_path / 'o'}", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "nowhere/manifest.json: no manifest" in err
+    assert err.count("\n") == 0 and err.startswith("error: ") and "nowhere/manifest.json: no manifest" in err
+    assert load_pipeline().main(["--config", str(config), "embed.batch_size=0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("config error: embed.batch_size")

@@ -41,6 +41,16 @@ def test_bad_model_values_name_the_key(shards, tiny_raw, tmp_path):
     raw["model"]["diffusion"]["prediction"] = "score"
     with pytest.raises(ConfigError, match=r"^model\.diffusion\.prediction"):
         load_experiment(None, raw=raw)
+    # range checks inside the model package's validate() are named by their section too
+    for key, value in (("prior_fraction", 2), ("schedule_shift", -1), ("min_snr_gamma", -1)):
+        raw = tiny_raw(shards, tmp_path)
+        raw["model"]["diffusion"][key] = value
+        with pytest.raises(ConfigError, match=rf"^model\.diffusion\.{key}: must be"):
+            load_experiment(None, raw=raw)
+    raw = tiny_raw(shards, tmp_path)
+    raw["model"]["unet"]["dim"] = -3
+    with pytest.raises(ConfigError, match=r"^model\.unet\.dim: must be"):
+        load_experiment(None, raw=raw)
     raw = tiny_raw(shards, tmp_path)
     raw["evaluate"] = {"stepz": 3}
     with pytest.raises(ConfigError, match=r"^evaluate\.stepz: unknown key"):

@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """A bad config file, key or value; the message names the key."""
 
 
+# The top level of an experiment YAML (docs/FORMATS.md): each stage reads its own section, so a misspelt section
+# would otherwise be read by nobody and silently ignored.
+SECTIONS = ("name", "seed", "data", "embed", "model", "train", "evaluate")
+
+
 def load_yaml(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping (or start empty when `path` is None) and apply `key.sub=value` overrides."""
     raw: dict[str, Any] = {}
@@ -41,6 +46,10 @@ def load_yaml(path: str | Path | None, overrides: list[str] | tuple[str, ...] = 
         raw = loaded
     for item in overrides:
         apply_override(raw, item)
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown top-level section (known: {', '.join(SECTIONS)})")
     return raw
 
 
@@ -95,7 +104,7 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     if callable(check):
         try:
             check()
-        except ConfigError as e:
+        except ValueError as e:  # ConfigError, or another package's (t2v_model's ModelConfigError) without `where`
             msg = str(e)
             raise ConfigError(msg if msg.startswith(where) else f"{where}.{msg}") from None
     return obj

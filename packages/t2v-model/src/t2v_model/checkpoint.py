@@ -6,6 +6,7 @@ where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": card.format})
+        keep_umask_mode(tmp / WEIGHTS)  # safetensors creates its files owner-only (0600)
         (tmp / CONFIG).write_text(json.dumps(to_dict(card), indent=2) + "\n")
         keep_umask_mode(tmp, directory=True)
         replace_dir(tmp, directory)
@@ -70,6 +72,11 @@ def load_card(directory: str | Path) -> ModelCard:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    # every section is required: a card with one missing would silently describe a default model
+    missing = [f.name for f in dataclasses.fields(ModelCard) if isinstance(data, dict) and f.name not in data]
+    if missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r} (a t2v-model card has "
+                              f"{', '.join(f.name for f in dataclasses.fields(ModelCard))})")
     try:
         return from_dict(ModelCard, data)
     except ModelConfigError as e:

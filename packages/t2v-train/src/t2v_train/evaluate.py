@@ -1,4 +1,5 @@
-"""Prompt adherence of a trained checkpoint: generate videos for held-out synthetic prompts, read their colour and
+"""Prompt adherence of a trained checkpoint: generate videos for synthetic prompts (combinations held out of training
+when data.shapes.holdout names some), read their colour and
 motion back with the pixel judge (t2v_data.judge), and report accuracy per attribute, val loss and sanity stats.
 
     result = evaluate(load_experiment("configs/quickstart.yaml"))   # also writes <out_dir>/eval/
@@ -8,6 +9,7 @@ motion back with the pixel judge (t2v_data.judge), and report accuracy per attri
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,11 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
     if space is None:
         raise ValueError(f"data.source: prompt adherence needs the synthetic shapes source, got "
                          f"{(exp.raw.get('data') or {}).get('source')!r}")
-    prompts = heldout_prompts(build(PrepareConfig, exp.raw.get("data"), "data"), cfg.num_prompts, cfg.seed)
+    data_cfg = build(PrepareConfig, exp.raw.get("data"), "data")
+    if pipe.card.unet != exp.model.unet:
+        print(f"warning: {ckpt_dir} was trained with another model.unet than {exp.name}'s config; scoring it anyway",
+              file=sys.stderr)
+    prompts = heldout_prompts(data_cfg, cfg.num_prompts, cfg.seed)
     captions = [p["caption"] for p in prompts]
     start = time.perf_counter()
     emb = pipe.embed(captions)
@@ -59,7 +65,8 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
                                    exp.train.batch_size, cfg.val_batches, device, exp.seed)
     out = exp.out_dir / "eval"
     save_grid(out / "samples.gif", videos[:16], fps=pipe.card.data.fps, scale=4)
-    result = {"checkpoint": str(ckpt_dir), "prompts": len(prompts), "sampler": cfg.sampler, "steps": cfg.steps,
+    result = {"checkpoint": str(ckpt_dir), "prompts": len(prompts), "held_out": bool(data_cfg.shapes.holdout),
+              "sampler": cfg.sampler, "steps": cfg.steps,
               "guidance": cfg.guidance, "accuracy": accuracy, "targets": cfg.targets,
               "passed": all(accuracy.get(k, 0.0) >= v for k, v in cfg.targets.items()),
               "val_loss": val_loss if math.isfinite(val_loss) else None, **sanity_stats(videos),
@@ -70,7 +77,8 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"evaluation of {result['checkpoint']}: {result['prompts']} held-out prompts, "
+    kind = "held-out" if result.get("held_out") else "in-distribution (no data.shapes.holdout)"
+    lines = [f"evaluation of {result['checkpoint']}: {result['prompts']} {kind} prompts, "
              f"{result['sampler']} {result['steps']} steps, guidance {result['guidance']} ({result['seconds']} s)",
              f"  {'attribute':<16}{'accuracy':>9}  target"]
     for key, acc in result["accuracy"].items():

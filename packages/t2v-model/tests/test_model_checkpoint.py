@@ -1,0 +1,46 @@
+"""The inference checkpoint directory: file modes and the strictness of config.json."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from t2v_model import DataGeometry, DiffusionConfig, ModelCard, TextEncoderInfo, Unet3D, UnetConfig
+from t2v_model.checkpoint import CheckpointError, load_pretrained, save_pretrained
+
+
+def save_tiny(path):
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=16, attn_heads=2, attn_dim_head=8))
+    card = ModelCard(diffusion=DiffusionConfig(timesteps=100), text_encoder=TextEncoderInfo(id="stub", dim=16),
+                     data=DataGeometry(frames=3, height=8, width=10, fps=4))
+    return save_pretrained(path, model, card)
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt = save_tiny(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in ckpt.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}  # safetensors alone would make 0600
+    assert ckpt.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("drop", ["unet", "diffusion", "text_encoder", "data", "format"])
+def test_a_card_missing_a_section_is_refused_by_name(tmp_path, drop):
+    ckpt = save_tiny(tmp_path / "ckpt")
+    card = json.loads((ckpt / "config.json").read_text())
+    del card[drop]
+    (ckpt / "config.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=rf"config.json: missing key '{drop}'"):
+        load_pretrained(ckpt)
+
+
+def test_an_empty_card_is_refused(tmp_path):
+    ckpt = save_tiny(tmp_path / "ckpt")
+    (ckpt / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"config.json: missing key 'unet'"):
+        load_pretrained(ckpt)
