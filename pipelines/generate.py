@@ -2,61 +2,140 @@
 
     uv run pipelines/generate.py --checkpoint runs/quickstart/model --prompt "a red circle moving left" \
         --steps 50 --guidance 3 --seed 0 --out samples/red_left.mp4
+
+Bad flags or an unusable --out / --device: one `error: ...` line and exit 2, before anything loads; a missing or
+corrupt checkpoint or text encoder: one line and exit 1, before sampling.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from t2v_model.allocator import keep_freed_memory
 from t2v_model.checkpoint import CheckpointError
-from t2v_model.pipeline import TextToVideo
-from t2v_model.video_io import save_grid, save_video
+from t2v_model.pipeline import TextToVideo, resolve_device
+from t2v_model.text_encoder import TextEncoderError
+from t2v_model.video_io import VIDEO_FORMATS, save_grid, save_video
+
+OUT_HELP = (".mp4 / .gif / .png (any case), or no extension for all three. An existing directory or a path ending in / "
+            "gets files named after the prompt inside it, in all three formats. Several prompts -> numbered files "
+            "(NAME-0, NAME-1, ...; in a directory 0-PROMPT, 1-PROMPT, ...) and an animated grid of them in the same "
+            "format (NAME-grid / grid), with a .png contact sheet of all of them beside it")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Generate videos from text with a t2v checkpoint.")
     ap.add_argument("--checkpoint", required=True, type=Path, help="directory with model.safetensors + config.json")
     ap.add_argument("--prompt", action="append", required=True, help="repeat for several videos")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--guidance", type=float, default=3.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=50, help="sampling steps, 1 .. the checkpoint's diffusion timesteps")
+    ap.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight >= 0 (1 = none)")
+    ap.add_argument("--seed", type=int, default=0, help="0 .. 2**64-1; the same seed and prompts give the same videos")
     ap.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    ap.add_argument("--out", type=Path, default=Path("samples/video.mp4"),
-                    help=".mp4 / .gif / .png, or no extension for all three; several prompts -> numbered files + grid")
-    ap.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written files")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (0 = deterministic)")
+    ap.add_argument("--out", default="samples/video.mp4", help=OUT_HELP)
+    ap.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written files (>= 1)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    problem = _flag_error(args)
+    if problem:
+        return _fail(problem)
+    video_paths, grid_path = _output_paths(args.out, args.prompt)
+    keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
     try:
-        pipe = TextToVideo.from_pretrained(args.checkpoint, device=device)
+        pipe = TextToVideo.from_pretrained(args.checkpoint, device=resolve_device(args.device))
+        if args.steps > pipe.diffusion.num_timesteps:
+            return _fail(f"--steps: at most {pipe.diffusion.num_timesteps} for this checkpoint (its diffusion "
+                         f"timesteps), got {args.steps}")
         start = time.perf_counter()
         videos = pipe.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                               sampler=args.sampler, eta=args.eta, progress=True)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+                               sampler=args.sampler, eta=args.eta, progress=not args.quiet)
+    except (CheckpointError, TextEncoderError) as e:
+        return _fail(str(e), rc=1)
+    except ValueError as e:  # a sampling setting the cheap checks could not judge
+        return _fail(str(e))
     seconds = time.perf_counter() - start
-    fps = pipe.card.data.fps
-    written = []
-    if len(videos) == 1:
-        written += save_video(args.out, videos[0], fps=fps, scale=args.scale)
-    else:
-        for i, video in enumerate(videos):
-            written += save_video(args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), video, fps, args.scale)
-        written += save_grid(args.out.with_name(f"{args.out.stem}-grid.gif"), videos, fps=fps, scale=args.scale)
+
+    fps, written, problem = pipe.card.data.fps, [], None
+    try:
+        for path, video in zip(video_paths, videos):
+            written += save_video(path, video, fps=fps, scale=args.scale)
+        if grid_path is not None:
+            written += save_grid(grid_path, videos, fps=fps, scale=args.scale)
+    except OSError as e:  # checked up front, so rare (disk full, ...): still list what was written
+        problem = f"--out: cannot write {e.filename or args.out}: {e.strerror or e}"
     print(f"{len(videos)} video(s) in {seconds:.1f} s ({args.steps} {args.sampler} steps, guidance {args.guidance})")
     for path in written:
         print(f"  {path}")
-    return 0
+    return _fail(problem, rc=1) if problem else 0
+
+
+def _fail(message: str, rc: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return rc
+
+
+def _flag_error(args) -> str | None:
+    """The first unusable flag as a one-line message, or None. Cheap checks only: this runs before any loading."""
+    if any(not p.strip() for p in args.prompt):
+        return "--prompt: must not be empty"
+    if args.steps < 1:
+        return f"--steps: must be >= 1, got {args.steps}"
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        return f"--guidance: must be a finite number >= 0, got {args.guidance}"
+    if not 0 <= args.eta <= 1:
+        return f"--eta: must be in [0, 1], got {args.eta}"
+    if not 0 <= args.seed < 2**64:
+        return f"--seed: must be in [0, 2**64 - 1], got {args.seed}"
+    if args.scale < 1:
+        return f"--scale: must be >= 1, got {args.scale}"
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        return f"--{e}"  # "--device NAME: why"
+    return _out_error(args.out)
+
+
+def _out_error(out: str) -> str | None:
+    path = directory = Path(out)
+    if not _is_directory(out):
+        if path.suffix.lower() not in ("", *VIDEO_FORMATS):
+            return f"--out {out}: unsupported extension {path.suffix!r} ({', '.join(VIDEO_FORMATS)} or none for all)"
+        directory = path.parent
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: {existing} is not writable"
+    return None
+
+
+def _output_paths(out: str, prompts: list[str]) -> tuple[list[Path], Path | None]:
+    """Where each video goes (a path without extension = all formats), and the grid for several prompts; see --help."""
+    path = Path(out)
+    if _is_directory(out):
+        names = [_slug(prompts[0])] if len(prompts) == 1 else [f"{i}-{_slug(p)}" for i, p in enumerate(prompts)]
+        return [path / name for name in names], (path / "grid" if len(prompts) > 1 else None)
+    if len(prompts) == 1:
+        return [path], None
+    numbered = [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(len(prompts))]
+    return numbered, path.with_name(f"{path.stem}-grid{path.suffix}")
+
+
+def _is_directory(out: str) -> bool:
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def _slug(prompt: str) -> str:
+    """A file name from a prompt: "A red circle, moving left" -> "a-red-circle-moving-left"."""
+    return re.sub(r"\W+", "-", prompt.lower())[:80].strip("-") or "video"
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         ("generate", lambda: generate.main(
             ["--checkpoint", str(out_dir / "model"), "--out", str(out_dir / "samples" / "prompt"),
              "--steps", str(gen.get("steps", 25)), "--guidance", str(gen.get("guidance", 3.0)),
-             *[a for p in (args.prompt or PROMPTS) for a in ("--prompt", p)]])),
+             *(["--quiet"] if args.quiet else []), *[a for p in (args.prompt or PROMPTS) for a in ("--prompt", p)]])),
         ("evaluate", lambda: evaluate.main(common + args.overrides)),
     ]
     total = time.perf_counter()

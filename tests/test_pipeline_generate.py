@@ -1,5 +1,7 @@
 """pipelines/generate.py end to end on a tiny checkpoint, with the real packaged BERT (offline)."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +44,63 @@ def test_generate_writes_mp4_gif_png(checkpoint, tmp_path, capsys):
 def test_generate_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     rc = generate.main(["--checkpoint", str(tmp_path / "missing"), "--prompt", "x"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error:") and "not found" in err and "\n" not in err
+    assert rc == 1 and err.startswith("error:") and "not found" in err and "\n" not in err  # 1: input, not usage
+
+
+def _one_line_error(capsys, starts: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {starts}") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--out", "x.avi"], "--out x.avi: unsupported extension '.avi' (.gif, .mp4, .png"),
+    (["--out", "notes.txt/x.gif"], "--out notes.txt/x.gif: notes.txt is not a directory"),
+    (["--device", "tpu"], "--device tpu: unknown"),
+    (["--device", "cuda:99"], "--device cuda:99: "),
+    (["--guidance", "nan"], "--guidance: must be a finite number"),
+    (["--guidance", "inf"], "--guidance"),
+    (["--eta", "-1"], "--eta: must be in [0, 1]"),
+    (["--eta", "5"], "--eta"),
+    (["--scale", "0"], "--scale: must be >= 1"),
+    (["--scale", "-2"], "--scale"),
+    (["--steps", "0"], "--steps: must be >= 1"),
+    (["--steps", "51"], "--steps: at most 50"),  # the fixture's diffusion timesteps
+    (["--seed", "-1"], "--seed"),
+    (["--prompt", " "], "--prompt: must not be empty"),
+])
+def test_bad_flags_are_one_line_errors_before_sampling(checkpoint, tmp_path, monkeypatch, capsys, flags, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file, not a directory")
+    monkeypatch.setattr(generate.TextToVideo, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--out", "v.gif", *flags])
+    assert rc == 2
+    assert expected in _one_line_error(capsys, "--")
+
+
+def test_a_missing_text_encoder_is_a_one_line_error(checkpoint, tmp_path, capsys):
+    ckpt = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+    card = json.loads((ckpt / "config.json").read_text())
+    card["text_encoder"]["id"] = str(tmp_path / "no-such-encoder")
+    (ckpt / "config.json").write_text(json.dumps(card))
+    assert generate.main(["--checkpoint", str(ckpt), "--prompt", "x", "--out", str(tmp_path / "v.gif")]) == 1
+    assert "no such model directory" in _one_line_error(capsys, "text encoder")
+
+
+def test_out_directories_extension_case_grid_format_and_quiet(checkpoint, tmp_path, capsys):
+    base = ["--checkpoint", str(checkpoint), "--steps", "1", "--scale", "1"]
+    # a path ending in / (created) or an existing directory: files named after the prompt inside it
+    assert generate.main([*base, "--prompt", "A red circle, moving left!", "--out", f"{tmp_path}/new/"]) == 0
+    assert "sampling" in capsys.readouterr().err  # the progress bar, unless --quiet
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "a-red-circle-moving-left.gif", "a-red-circle-moving-left.mp4", "a-red-circle-moving-left.png"]
+    assert generate.main([*base, "--prompt", "a", "--prompt", "b", "--out", str(tmp_path / "new"), "--quiet"]) == 0
+    assert "sampling" not in capsys.readouterr().err
+    assert {p.name for p in (tmp_path / "new").iterdir()} >= {"0-a.mp4", "1-b.png", "grid.gif", "grid.mp4", "grid.png"}
+    # an upper-case extension is that format; the grid follows it (+ its .png contact sheet)
+    assert generate.main([*base, "--prompt", "a", "--prompt", "b", "--out", str(tmp_path / "m.MP4"), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("m-*")) == ["m-0.MP4", "m-1.MP4", "m-grid.MP4", "m-grid.png"]
+    assert b"ftyp" in (tmp_path / "m-grid.MP4").read_bytes()[:32]
 
 
 def test_inference_imports_only_t2v_model():

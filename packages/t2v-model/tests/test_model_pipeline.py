@@ -9,7 +9,7 @@ from PIL import Image
 
 from t2v_model import DataGeometry, DiffusionConfig, ModelCard, TextEncoderInfo, Unet3D, UnetConfig
 from t2v_model.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from t2v_model.pipeline import TextToVideo
+from t2v_model.pipeline import TextToVideo, resolve_device
 from t2v_model.samplers import guided_denoiser
 from t2v_model.video_io import contact_sheet, save_grid, save_video
 
@@ -55,6 +55,32 @@ def test_generate_shape_dtype_and_seed_control():
         pipe.generate([""])
     with pytest.raises(ValueError, match="sampler"):
         pipe.generate(["x"], sampler="euler")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"guidance": float("nan")}, "guidance: must be a finite"), ({"guidance": float("inf")}, "guidance"),
+    ({"eta": -1.0}, "eta: must be in"), ({"eta": 5.0}, "eta"), ({"steps": 0}, r"steps: must be in \[1, 100\]"),
+    ({"steps": 0, "sampler": "ddpm"}, "steps"), ({"steps": 101}, "steps"), ({"sampler": "euler"}, "sampler"),
+])
+def test_bad_sampling_settings_are_refused_before_encoding(kwargs, match):
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match=match):
+        pipe.generate(["x"], **{"steps": 2, **kwargs})
+    assert pipe.text_encoder.calls == 0
+    with pytest.raises(ValueError, match=match):
+        pipe.generate_from_embeddings(torch.zeros(1, DIM), **{"steps": 2, **kwargs})
+
+
+def test_devices_are_checked_before_the_weights(tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, match in [("tpu", "device tpu: unknown"), ("cuda:x", "unknown"), ("meta", "unknown"),
+                       ("cuda:99", "device cuda:99: ")]:
+        with pytest.raises(ValueError, match=match):
+            resolve_device(bad)
+    ckpt = make_pipe().save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="device tpu"):  # not a CheckpointError blaming the weights
+        TextToVideo.from_pretrained(ckpt, device="tpu", text_encoder=StubEncoder())
 
 
 def test_save_load_generate_round_trip_is_bit_identical(tmp_path):
@@ -151,6 +177,24 @@ def test_video_writers(tmp_path):
     assert Image.open(out[0]).size == (20, 16)
     with pytest.raises(ValueError, match="uint8"):
         save_video(tmp_path / "bad.gif", video.astype(np.float32))
+
+
+def test_video_writers_follow_the_extension_in_any_case(tmp_path):
+    video = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    assert save_video(tmp_path / "clip.MP4", video, scale=1) == [tmp_path / "clip.MP4"]
+    assert b"ftyp" in (tmp_path / "clip.MP4").read_bytes()[:32]
+    assert Image.open(save_video(tmp_path / "clip.Gif", video, scale=1)[0]).format == "GIF"
+    with pytest.raises(ValueError, match=r"unsupported extension '.avi' \(.gif, .mp4, .png"):
+        save_video(tmp_path / "clip.avi", video)
+    with pytest.raises(ValueError, match="scale: must be >= 1"):
+        save_video(tmp_path / "clip.gif", video, scale=0)
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    assert names(save_grid(tmp_path / "g.mp4", [video] * 2, scale=1)) == ["g.mp4", "g.png"]
+    assert names(save_grid(tmp_path / "g.gif", [video] * 2, scale=1)) == ["g.gif", "g.png"]
+    assert names(save_grid(tmp_path / "g.PNG", [video] * 2, scale=1)) == ["g.PNG"]
+    assert names(save_grid(tmp_path / "all", [video] * 2, scale=1)) == ["all.gif", "all.mp4", "all.png"]
+    with pytest.raises(ValueError, match="unsupported extension"):
+        save_grid(tmp_path / "g.webm", [video] * 2)
 
 
 def test_atomic_outputs_get_the_umask_mode_not_owner_only(tmp_path):

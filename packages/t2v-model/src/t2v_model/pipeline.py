@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from .unet import Unet3D
 
 class TextToVideo:
     def __init__(self, model: Unet3D, card: ModelCard, device: str | torch.device = "cpu", text_encoder=None):
+        device = resolve_device(device)
         self.model = model.to(device).eval()
         card.unet = model.config  # the weights define the architecture
         card.validate()
         self.card = card
-        self.device = torch.device(device)
+        self.device = device
         self.diffusion = GaussianDiffusion(card.diffusion)
         self._text_encoder = text_encoder
 
@@ -33,6 +35,7 @@ class TextToVideo:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", text_encoder=None):
         """Load a checkpoint directory (model.safetensors + config.json). The text encoder named in the config is
         loaded on first use (or pass one, e.g. to share it between pipelines)."""
+        device = resolve_device(device)  # before the weights, so a bad device is not blamed on them
         model, card = load_pretrained(directory, device=device)
         return cls(model, card, device=device, text_encoder=text_encoder)
 
@@ -52,6 +55,18 @@ class TextToVideo:
                     f"trained on {info.dim}-d ones"
                 )
         return self._text_encoder
+
+    def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float) -> None:
+        """ValueError (naming the argument) for settings `generate` cannot use; cheap, so it runs before any work."""
+        num_train = self.diffusion.num_timesteps
+        if not 1 <= steps <= num_train:
+            raise ValueError(f"steps: must be in [1, {num_train}] (the checkpoint's diffusion timesteps), got {steps}")
+        if not math.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance: must be a finite number >= 0, got {guidance}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta: must be in [0, 1], got {eta}")
 
     def embed(self, prompts: Sequence[str]):
         if isinstance(prompts, str):
@@ -73,6 +88,7 @@ class TextToVideo:
         progress: bool = False,
     ) -> torch.Tensor:
         """Generate one video per prompt: uint8 (B, T, H, W, C). Same seed + same prompts -> the same videos."""
+        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta)
         emb = self.embed(prompts)
         return self.generate_from_embeddings(
             emb.pooled, tokens=emb.tokens, token_mask=emb.mask, steps=steps, guidance=guidance, seed=seed,
@@ -97,8 +113,7 @@ class TextToVideo:
         dim = self.card.unet.cond_dim
         if text.ndim != 2 or text.shape[1] != dim:
             raise ValueError(f"text embeddings must be (B, {dim}), got {tuple(text.shape)}")
-        if guidance < 0:
-            raise ValueError(f"guidance: must be >= 0, got {guidance}")
+        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta)
         to = lambda v: None if v is None else v.to(self.device)  # noqa: E731
         text, tokens, token_mask = to(text.float()), to(tokens), to(token_mask)
         geo = self.card.data
@@ -110,12 +125,30 @@ class TextToVideo:
         if sampler == "ddim":
             x = ddim_sample(denoise, self.diffusion, shape, steps=steps, eta=eta, generator=generator,
                             device=self.device, progress=bar)
-        elif sampler == "ddpm":
+        else:
             x = ddpm_sample(denoise, self.diffusion, shape, steps=steps, generator=generator, device=self.device,
                             progress=bar)
-        else:
-            raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
         return to_uint8(x)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" = cuda if available, else cpu. Anything else must name a device this machine has: ValueError
+    ("device <name>: ...") for a typo or a missing GPU, instead of an obscure error from the first tensor moved."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device}: unknown (auto | cpu | cuda | cuda:N | mps)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available (no NVIDIA GPU or driver found)")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device}: MPS is not available")
+    return dev
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

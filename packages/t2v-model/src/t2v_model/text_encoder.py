@@ -72,6 +72,7 @@ class TextEncoder:
         batch_size: int = 64,
     ):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -82,6 +83,8 @@ class TextEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.id, source, is_local = _resolve_source(name_or_path)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar is noise for a small model, and ignored --quiet
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=is_local)
             self.model = AutoModel.from_pretrained(source, local_files_only=is_local, dtype=self.dtype)
@@ -93,6 +96,9 @@ class TextEncoder:
                 f"text encoder {self.id!r} is not a local directory and could not be loaded from the Hugging Face "
                 f"hub (it needs network access once, or pass a local model directory): {first}"
             ) from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.model.to(self.device).eval().requires_grad_(False)
         self._dir = Path(source) if is_local else _hub_snapshot_dir(source)
         limit = getattr(self.model.config, "max_position_embeddings", None)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+VIDEO_FORMATS = (".gif", ".mp4", ".png")  # the extensions save_video / save_grid write
+
 
 def _as_uint8(video) -> np.ndarray:
     arr = video.detach().cpu().numpy() if hasattr(video, "detach") else np.asarray(video)
@@ -88,19 +90,19 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def save_video(path: str | Path, video, fps: int = 8, scale: int = 4) -> list[Path]:
-    """Write `video` by extension: `.gif`, `.mp4` or `.png` (contact sheet); with no extension, all three."""
+    """Write `video` by extension (any case): `.gif`, `.mp4` or `.png` (contact sheet); no extension: all three."""
     path = Path(path)
     writers = {".gif": lambda p: save_gif(p, video, fps, scale), ".mp4": lambda p: save_mp4(p, video, fps, scale),
                ".png": lambda p: save_png(p, contact_sheet([video], scale=scale))}
-    if path.suffix in writers:
-        return [writers[path.suffix](path)]
-    if path.suffix:
-        raise ValueError(f"{path}: unsupported extension {path.suffix!r} (.gif, .mp4, .png)")
-    return [writer(path.with_suffix(ext)) for ext, writer in writers.items()]
+    ext = _extension(path)
+    if ext:
+        return [writers[ext](path)]
+    return [writer(path.with_suffix(e)) for e, writer in writers.items()]
 
 
 def save_grid(path: str | Path, videos, fps: int = 8, scale: int = 4, columns: int | None = None) -> list[Path]:
-    """Tile several videos into one animated grid (`.gif`/`.mp4`) and write its contact sheet next to it (`.png`)."""
+    """Tile several videos into one animated grid in the path's format (`.gif` or `.mp4`, no extension: both) and
+    write their contact sheet next to it (`.png`; the only output for a `.png` path)."""
     vids = [_as_uint8(v) for v in videos]
     n = len(vids)
     cols = columns or int(np.ceil(np.sqrt(n)))
@@ -111,15 +113,25 @@ def save_grid(path: str | Path, videos, fps: int = 8, scale: int = 4, columns: i
         r, c = divmod(i, cols)
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = v
     path = Path(path)
-    base = path.with_suffix("") if path.suffix else path
-    out = [save_gif(base.with_suffix(".gif"), grid, fps, scale)]
-    if path.suffix == ".mp4":
-        out.append(save_mp4(base.with_suffix(".mp4"), grid, fps, scale))
-    out.append(save_png(base.with_suffix(".png"), contact_sheet(vids, scale=scale)))
+    ext = _extension(path)
+    animated = {".gif": save_gif, ".mp4": save_mp4}
+    out = [write(path if ext else path.with_suffix(e), grid, fps, scale)
+           for e, write in animated.items() if ext in (e, "")]
+    out.append(save_png(path if ext == ".png" else path.with_suffix(".png"), contact_sheet(vids, scale=scale)))
     return out
 
 
+def _extension(path: Path) -> str:
+    """The lower-case extension of an output path ("" for none); ValueError if there is no writer for it."""
+    ext = path.suffix.lower()
+    if ext and ext not in VIDEO_FORMATS:
+        raise ValueError(f"{path}: unsupported extension {path.suffix!r} ({', '.join(VIDEO_FORMATS)}, or none for all)")
+    return ext
+
+
 def _upscale(arr: np.ndarray, scale: int) -> np.ndarray:
-    if scale <= 1:
+    if scale < 1:
+        raise ValueError(f"scale: must be >= 1, got {scale}")
+    if scale == 1:
         return arr
     return arr.repeat(scale, axis=1).repeat(scale, axis=2)
