@@ -52,3 +52,13 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
     changed = [o.replace("dim: 8,", "dim: 16,") for o in overrides]
     assert evaluate.main(["--config", config, "--quiet", "--checkpoint", str(run / "model"), *changed]) == 0
     assert f"warning: {run / 'model'} was trained with another model.unet" in capsys.readouterr().err
+
+
+def test_quickstart_checks_every_section_before_the_first_stage(tmp_path, capsys):
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    args = ["--config", config, "--quiet", f"data.out_dir={tmp_path}/raw", f"embed.out_dir={tmp_path}/embedded"]
+    assert quickstart.main([*args, "train.bogus=1"]) == 2
+    assert capsys.readouterr().err.startswith("config error: train.bogus: unknown key")
+    assert quickstart.main([*args, "evaluate.steps=0"]) == 2
+    assert "config error: evaluate.steps" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()  # prepare never ran
