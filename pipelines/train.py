@@ -4,7 +4,8 @@
     uv run torchrun --nproc-per-node 2 pipelines/train.py --config configs/quickstart.yaml   # DDP (gloo on CPU)
 
 `train.resume: auto` (the default) continues from the newest checkpoint in runs/<name>/checkpoints; `--resume`
-insists on one; `--fresh` ignores them (train.resume=never).
+insists on one; `--fresh` (train.resume=never) starts over, first moving the previous run's checkpoints, model,
+samples and metrics into runs/<name>/replaced-<UTC time>/.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="experiment YAML, e.g. configs/quickstart.yaml")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="fail unless a checkpoint exists to continue from")
-    group.add_argument("--fresh", action="store_true", help="ignore existing checkpoints (train.resume=never)")
+    group.add_argument("--fresh", action="store_true",
+                       help="start over, moving the previous run's outputs aside (train.resume=never)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 train.steps=2000")
     args = ap.parse_args(argv)
@@ -49,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, StreamError, EncoderMismatchError, ResumeError, CheckpointError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if summary["loss"] is None:
+        print(f"nothing to train: {summary['checkpoint']} is already at step {summary['step']} >= "
+              f"train.steps={exp.train.steps} (raise train.steps to continue, or --fresh to start over)")
+    else:
         print(f"trained to step {summary['step']} (last loss {summary['loss']:.4f}) in {summary['seconds']:.0f} s; "
               f"checkpoint {summary['checkpoint']}; model {summary['model']}")
     return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,23 @@ def tiny_raw(data_dir: Path, out_dir: Path, **train) -> dict:
 @pytest.fixture(scope="session")
 def token_shards(tmp_path_factory) -> Path:
     return write_embedded(tmp_path_factory.mktemp("token_shards") / "embedded", tokens=True)
+
+
+@pytest.fixture(scope="session")
+def noval_shards(tmp_path_factory) -> Path:
+    return write_embedded(tmp_path_factory.mktemp("noval_shards") / "embedded", counts=(("train", 1, 8),))
+
+
+@pytest.fixture
+def damaged_shards(shards, tmp_path) -> Path:
+    """The shards with train-000001.tar cut off mid-member and val-000000.tar replaced by random bytes."""
+    bad = Path(shutil.copytree(shards, tmp_path / "damaged"))
+    with tarfile.open(bad / "train-000001.tar") as tar:
+        member = tar.getmembers()[10]
+    with open(bad / "train-000001.tar", "r+b") as f:
+        f.truncate(member.offset_data + member.size // 2)
+    (bad / "val-000000.tar").write_bytes(np.random.default_rng(0).bytes(30000))
+    return bad
 
 
 @pytest.fixture(name="tiny_raw")

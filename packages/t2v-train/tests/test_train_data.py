@@ -1,10 +1,11 @@
-"""The sample stream: decoding, reproducibility, and resuming mid-stream through DataLoader workers."""
+"""The sample stream: decoding, reproducibility, resuming mid-stream through DataLoader workers, damaged shards."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from t2v_train.data import batches_per_worker, shard_list, to_model_input, train_loader, val_batches
+from t2v_train.data import DataError, batches_per_worker, shard_list, to_model_input, train_loader, val_batches
 
 
 def keys_of(loader, n):
@@ -75,3 +76,16 @@ def test_validation_loss_is_the_uniform_t_loss_whatever_prior_fraction_training_
                               batch_size=4, limit=2, device=torch.device("cpu"), seed=0) for p in (0.0, 0.5, 0.9)]
     assert losses[0] == losses[1] == losses[2]
     assert losses[0] > 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_shard_is_named_in_one_line(damaged_shards, workers):
+    bad = damaged_shards
+    it = iter(loader(bad, workers))
+    with pytest.raises(DataError) as e:
+        for _ in range(20):  # 16 batches make an epoch
+            next(it)
+    assert str(e.value) == f"{bad / 'train-000001.tar'}: unreadable tar shard (unexpected end of data)"
+    with pytest.raises(DataError) as e:
+        next(val_batches(shard_list(bad, "val"), 3, 1))
+    assert str(e.value) == f"{bad / 'val-000000.tar'}: unreadable tar shard (invalid header)"

@@ -38,7 +38,11 @@ def free_port() -> int:
 
 
 def test_two_gloo_ranks_end_with_identical_parameters(shards, tiny_raw, tmp_path):
-    raw = tiny_raw(shards, tmp_path / "ddp", steps=6, grad_accum=2, checkpoint_every=3, log_every=1)
+    # a fresh run over an old one: rank 0 alone moves the old outputs aside, once
+    raw = tiny_raw(shards, tmp_path / "ddp", steps=6, grad_accum=2, checkpoint_every=3, log_every=1, resume="never")
+    old = tmp_path / "ddp" / "checkpoints" / "step-000009"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text('{"step": 9}')
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     proc = subprocess.run(
@@ -58,6 +62,9 @@ def test_two_gloo_ranks_end_with_identical_parameters(shards, tiny_raw, tmp_path
     assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
     state = json.loads((ckpt / "state.json").read_text())
     assert state["world_size"] == 2 and state["micro_batches"] == 12
+    (aside,) = (tmp_path / "ddp").glob("replaced-*")
+    assert (aside / "checkpoints" / "step-000009" / "state.json").read_text() == '{"step": 9}'
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["step-000003", "step-000006"]
 
 
 def test_ranks_read_disjoint_samples(shards):

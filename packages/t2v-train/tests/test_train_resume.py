@@ -1,12 +1,15 @@
-"""Exact resume, atomic checkpoints (kill -9 mid-save), keep-last-K by step number, and a falling loss."""
+"""Exact resume, atomic checkpoints (kill -9 mid-save), keep-last-K by step number, and a falling loss; fresh runs
+set the old one aside; damaged checkpoint files are named."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +101,70 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_experiment, monk
         train(exp, progress=False)
     assert [c.step for c in list_checkpoints(exp.out_dir / "checkpoints")] == [3]
     load_pretrained(exp.out_dir / "model")
+
+
+def test_fresh_run_moves_the_previous_run_aside(make_experiment, capsys):
+    old = make_experiment(steps=3, checkpoint_every=1)
+    train(old, progress=False)
+    (old.out_dir / "eval").mkdir()
+    (old.out_dir / "eval" / "results.json").write_text("{}")  # the evaluate stage's output of the old model
+    (old.out_dir / "notes.txt").write_text("mine")  # not a run output: stays
+    before = {p.relative_to(old.out_dir): p.read_bytes() for p in old.out_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    train(make_experiment(steps=2, checkpoint_every=1, resume="never"), progress=False)
+    out = capsys.readouterr().out
+    (aside,) = old.out_dir.glob("replaced-*")
+    tensorboard = "tensorboard, " if (aside / "tensorboard").exists() else ""  # when tensorboard is installed
+    assert f"moved the previous run's checkpoints, model, samples, metrics.jsonl, {tensorboard}eval to {aside}/" in out
+    assert [c.step for c in list_checkpoints(old.out_dir / "checkpoints")] == [1, 2]
+    assert [c.step for c in list_checkpoints(aside / "checkpoints")] == [1, 2, 3]
+    for rel, data in before.items():  # every old file, byte for byte, in the folder it was moved to
+        assert (old.out_dir / rel if rel.name == "notes.txt" else aside / rel).read_bytes() == data, rel
+    assert not (old.out_dir / "eval").exists() and max(losses(old.out_dir)) == 2
+
+    # a normal run continues the fresh run, not the discarded one
+    assert train(make_experiment(steps=4, checkpoint_every=1), progress=False)["step"] == 4
+    assert f"resumed from {old.out_dir / 'checkpoints' / 'step-000002'} (step 2)" in capsys.readouterr().out
+    assert sorted(losses(old.out_dir)) == [1, 2, 3, 4] and len(list(old.out_dir.glob("replaced-*"))) == 1
+
+
+def test_a_run_without_a_checkpoint_to_resume_keeps_the_earlier_metrics_aside(make_experiment, capsys):
+    exp = make_experiment(steps=2, checkpoint_every=100)  # the final checkpoint only
+    train(exp, progress=False)
+    for ckpt in list_checkpoints(exp.out_dir / "checkpoints"):  # e.g. deleted by hand, or a run killed before one
+        shutil.rmtree(ckpt.path)
+    old_metrics = (exp.out_dir / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    train(make_experiment(steps=1, checkpoint_every=100), progress=False)
+    (aside,) = exp.out_dir.glob("replaced-*")
+    assert "no checkpoint to resume: moved the previous run's" in capsys.readouterr().out
+    assert (aside / "metrics.jsonl").read_bytes() == old_metrics and max(losses(exp.out_dir)) == 1
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "model.safetensors", "ema.safetensors", "state.json",
+                                  "rng-rank0.pt"])
+def test_a_damaged_checkpoint_file_is_named_with_the_older_checkpoints(make_experiment, name):
+    from t2v_train.checkpoint import ResumeError
+
+    train(make_experiment(steps=2, checkpoint_every=1), progress=False)
+    bad = step_dir(make_experiment().out_dir / "checkpoints", 2) / name
+    bad.write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(ResumeError) as e:
+        train(make_experiment(steps=3), progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: corrupt (not ") and "weights_only" not in msg and "\n" not in msg
+    assert msg.endswith("; older checkpoints: step-000001 (move step-000002 out of "
+                        f"{bad.parent.parent} to resume from step-000001); or start over with --fresh "
+                        "(train.resume=never)")
+
+
+def test_checkpoint_files_follow_the_umask(make_experiment):
+    old = os.umask(0o027)
+    try:
+        train(make_experiment(steps=1), progress=False)
+    finally:
+        os.umask(old)
+    files = list(step_dir(make_experiment().out_dir / "checkpoints", 1).iterdir())
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o640" for f in files}
+    assert "model.safetensors" in {f.name for f in files}

@@ -35,7 +35,12 @@ def check_encoder(manifest_or_dir: dict[str, Any] | str | Path, expected_id: str
             f"{where}: no text_encoder block (stage {stage!r}); these are not pre-embedded shards, "
             f"run pipelines/embed.py first"
         )
-    if info["id"] != expected_id or info["dim"] != expected_dim:
+    if info["id"] == expected_id and info["dim"] != expected_dim:  # re-embedding with it would give the same width
+        raise EncoderMismatchError(
+            f"{where}: shards were embedded with text encoder {info['id']!r} ({info['dim']}-d) but the model expects "
+            f"{expected_dim}-d; set model.unet.cond_dim={info['dim']}, or embed with a {expected_dim}-d encoder"
+        )
+    if info["id"] != expected_id:
         raise EncoderMismatchError(
             f"{where}: shards were embedded with text encoder {info['id']!r} ({info['dim']}-d) but the model "
             f"expects {expected_id!r} ({expected_dim}-d); re-run the embed stage or change the model config"

@@ -8,6 +8,8 @@
 
 A checkpoint is assembled in `.step-000500.tmp/` and renamed into place, so a crash (even kill -9) mid-save leaves
 the previous checkpoints untouched and the half-written one invisible. "Latest" is the highest step number.
+
+A fresh run (train.resume=never) first moves the previous run's outputs into `<out_dir>/replaced-<UTC time>/`.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from t2v_model.video_io import keep_umask_mode
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE = "state.json"
+# what a training run (and the evaluate/generate stages after it) writes into out_dir: docs/FORMATS.md
+RUN_OUTPUTS = ("checkpoints", "model", "samples", "metrics.jsonl", "tensorboard", "eval")
 
 
 class ResumeError(RuntimeError):
@@ -58,6 +67,42 @@ def list_checkpoints(root: str | Path) -> list[Checkpoint]:
 def latest_checkpoint(root: str | Path) -> Checkpoint | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def older_checkpoints_hint(root: Path, bad: Checkpoint) -> str:
+    """What a user can do about an unloadable checkpoint `bad`: resume from an older one, or start fresh."""
+    older = [c.path.name for c in reversed(list_checkpoints(root)) if c.step < bad.step]
+    fresh = "start over with --fresh (train.resume=never)"
+    if not older:
+        return f"no older checkpoint in {root}; {fresh}"
+    return (f"older checkpoints: {', '.join(older)} (move {bad.path.name} out of {root} to resume from "
+            f"{older[0]}); or {fresh}")
+
+
+def set_aside(out_dir: Path) -> tuple[Path, list[str]] | None:
+    """Move the outputs of a previous run in `out_dir` into a new `out_dir/replaced-<UTC time>/`, so that a fresh
+    run neither mixes with nor destroys them. Returns that folder and the names moved, or None if there were none."""
+    names = [n for n in RUN_OUTPUTS if _has_data(out_dir / n)]
+    if not names:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside, n = out_dir / f"replaced-{stamp}", 1
+    while True:
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:  # two fresh runs within a second
+            n += 1
+            aside = out_dir / f"replaced-{stamp}-{n}"
+    for name in names:
+        os.replace(out_dir / name, aside / name)
+    _fsync_dir(out_dir)
+    return aside, names
+
+
+def _has_data(path: Path) -> bool:
+    """Not worth setting aside: a missing or empty file or folder (e.g. the metrics.jsonl of a run that failed)."""
+    return any(path.iterdir()) if path.is_dir() else path.is_file() and path.stat().st_size > 0
 
 
 def prune(root: str | Path, keep: int) -> None:
@@ -113,8 +158,9 @@ def save_rank_state(tmp: Path, rank: int, generator: torch.Generator) -> None:
 def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scaler, state: dict[str, Any],
                 keep: int) -> Path:
     """Rank 0: write the shared files, state.json last, then rename the directory into place and prune."""
-    save_file(tensors_of(model), str(tmp / "model.safetensors"))
-    save_file(tensors_of(ema), str(tmp / "ema.safetensors"))
+    for name, module in (("model.safetensors", model), ("ema.safetensors", ema)):
+        save_file(tensors_of(module), str(tmp / name))
+        keep_umask_mode(tmp / name)  # safetensors creates its files owner-only (0600)
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
     _torch_save(scaler.state_dict() if scaler is not None else {}, tmp / "scaler.pt")
     with open(tmp / STATE, "w") as f:
@@ -131,25 +177,54 @@ def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scal
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    file = path / STATE
     try:
-        return json.loads((path / STATE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ResumeError(f"{path / STATE}: unreadable ({e})") from None
+        state = json.loads(file.read_text())
+    except OSError as e:
+        raise ResumeError(f"{file}: unreadable ({e.strerror})") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise ResumeError(f"{file}: corrupt (not valid JSON)") from None
+    if not isinstance(state, dict) or type(state.get("step")) is not int:
+        raise ResumeError(f"{file}: corrupt (no integer step)")
+    return state
 
 
 def load_weights(path: Path, name: str, module: torch.nn.Module) -> None:
     file = path / name
     try:
-        module.load_state_dict(load_file(str(file), device="cpu"))
-    except Exception as e:  # noqa: BLE001 - corrupt file or architecture change; either way one clear line
-        raise ResumeError(f"{file}: cannot load ({str(e).splitlines()[0]})") from None
+        tensors = load_file(str(file), device="cpu")
+    except (OSError, SafetensorError) as e:
+        raise ResumeError(f"{file}: {_unreadable(e, 'safetensors')}") from None
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ResumeError(f"{file}: does not fit the model ({str(e).splitlines()[0]})") from None
 
 
 def load_torch(file: Path) -> Any:
+    """A file written by `_torch_save`. torch's own message is not relayed: for a damaged file it suggests
+    weights_only=False, i.e. executing whatever the file contains."""
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ResumeError(f"{file}: cannot load ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read back a file we wrote means it is damaged
+        raise ResumeError(f"{file}: {_unreadable(e, 'torch.save')}") from None
+
+
+def load_torch_into(file: Path, load: Callable[[Any], Any]) -> None:
+    """Hand the contents of `file` to `load` (e.g. optimizer.load_state_dict); one clear line if either fails."""
+    state = load_torch(file)
+    try:
+        load(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # readable, but not what we wrote
+        raise ResumeError(f"{file}: corrupt or from another model ({type(e).__name__})") from None
+
+
+def _unreadable(e: Exception, kind: str) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    if isinstance(e, OSError):
+        return f"unreadable ({e.strerror})"
+    return f"corrupt (not a complete {kind} file)"
 
 
 def _torch_save(obj: Any, path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,19 @@ def shard_list(data_dir: str | Path, split: str) -> list[str]:
     return [str(Path(data_dir) / s["name"]) for s in shards]
 
 
+def read_shards(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """The raw samples of the tar shards `urls`, in order; a damaged shard raises a DataError naming it."""
+    for url in urls:
+        try:
+            yield from wds.tariterators.tarfile_samples([{"url": url}])
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            if isinstance(e, OSError) and e.strerror:
+                reason = e.strerror
+            else:  # webdataset appends " @ <file object>" and more args to the message
+                reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+            raise DataError(f"{url}: unreadable tar shard ({reason})") from None
+
+
 def npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
@@ -49,7 +63,8 @@ def decode_sample(raw: dict[str, Any], caption_row: int | None, flip: bool) -> d
     key = raw.get("__key__", "?")
     for member in ("video.npy", "text.npy", "meta.json"):
         if member not in raw:
-            raise DataError(f"{raw.get('__url__', '?')}: sample {key} has no {member} (not a pre-embedded shard?)")
+            raise DataError(f"{raw.get('__url__', '?')}: sample {key} has no {member} (truncated shard, or "
+                            f"not a pre-embedded one?)")
     video, text = npy(raw["video.npy"]), npy(raw["text.npy"])
     meta = json.loads(raw["meta.json"])
     row = 0 if caption_row is None else caption_row % len(text)
@@ -98,10 +113,16 @@ class TrainStream(IterableDataset):
         worker, workers = ((info.id + self.rotate) % info.num_workers, info.num_workers) if info else (0, 1)
         slot, slots = self.rank * workers + worker, self.world_size * workers
         stream = self.samples(slot, slots)
-        for _ in range(self.skip[worker] * self.batch_size):
-            next(stream)
-        while True:
-            yield collate([self.decode(next(stream)) for _ in range(self.batch_size)])
+        try:
+            for _ in range(self.skip[worker] * self.batch_size):
+                next(stream)
+            while True:
+                yield collate([self.decode(next(stream)) for _ in range(self.batch_size)])
+        except DataError as e:
+            if info is None:
+                raise
+            # raised in a worker, it would reach the main process as a traceback text: send the message instead
+            yield {"error": str(e)}
 
     def samples(self, slot: int, slots: int) -> Iterator[dict[str, Any]]:
         """Undecoded samples of this slot, epoch after epoch, each tagged with its caption row and flip."""
@@ -113,7 +134,7 @@ class TrainStream(IterableDataset):
                 mine, keep = order[slot::slots], None
             else:
                 mine, keep = order, slot
-            raw = wds.tariterators.tarfile_samples([{"url": url} for url in mine])
+            raw = read_shards(mine)
             if keep is not None:
                 raw = (s for i, s in enumerate(raw) if i % slots == keep)
             rng = random.Random(f"{self.seed}-{epoch}-{slot}")
@@ -138,19 +159,32 @@ def batches_per_worker(batches_done: int, num_workers: int) -> list[int]:
 
 
 def train_loader(shards: list[str], *, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
-                 shuffle_buffer: int, hflip: bool, batches_done: int, pin_memory: bool) -> DataLoader:
+                 shuffle_buffer: int, hflip: bool, batches_done: int, pin_memory: bool) -> Loader:
     stream = TrainStream(shards, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                          shuffle_buffer=shuffle_buffer, hflip=hflip,
                          skip=batches_per_worker(batches_done, num_workers), rotate=batches_done % max(num_workers, 1))
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    return Loader(DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                             persistent_workers=False, prefetch_factor=4 if num_workers else None))
+
+
+class Loader:
+    """A DataLoader over a TrainStream that raises the DataError a worker reported (see TrainStream.__iter__)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            if "error" in batch:
+                raise DataError(batch["error"])
+            yield batch
 
 
 def val_batches(shards: list[str], batch_size: int, limit: int) -> Iterator[dict[str, Any]]:
     """The first `limit` batches of the val split in stored order, caption 0 (the same every time)."""
     batch: list[dict[str, Any]] = []
     done = 0
-    for raw in wds.tariterators.tarfile_samples([{"url": url} for url in shards]):
+    for raw in read_shards(shards):
         batch.append(decode_sample(raw, None, False))
         if len(batch) == batch_size:
             yield collate(batch)

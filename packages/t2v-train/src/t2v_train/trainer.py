@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from t2v_data.config import to_dict
-from t2v_data.shards import read_manifest
+from t2v_data.shards import MANIFEST, read_manifest
 from t2v_model import DataGeometry, ModelCard, TextEncoderInfo, Unet3D
 from t2v_model.checkpoint import save_pretrained
 from t2v_model.diffusion import GaussianDiffusion
@@ -94,6 +94,9 @@ class Trainer:
     def __init__(self, exp: Experiment, d: Dist, device: torch.device, progress: bool):
         cfg = self.cfg = exp.train
         self.exp, self.d, self.device, self.progress = exp, d, device, progress
+        if not (exp.data_dir / MANIFEST).is_file():
+            raise TrainingError(f"train.data_dir: no pre-embedded shards in {exp.data_dir} (no {MANIFEST}); run "
+                                f"pipelines/prepare.py, then pipelines/embed.py, with this config")
         self.manifest = read_manifest(exp.data_dir)
         unet = exp.model.unet
         self.encoder = check_encoder(self.manifest, exp.encoder_id, unet.cond_dim)
@@ -109,6 +112,12 @@ class Trainer:
         if device.type == "cuda" and cfg.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.val_shards = shard_list(exp.data_dir, "val")
+        # fixed sample prompts: the first val clips' captions (train clips when there is no val split)
+        preview_shards = self.val_shards or shard_list(exp.data_dir, "train")
+        self.preview = next(val_batches(preview_shards, cfg.sample_count, 1), None)
+        if d.is_main and cfg.val_every and not self.val_shards:
+            print(f"no val split in {exp.data_dir}: validation loss is skipped")
 
         self.generator = seed_everything(exp.seed, d.rank, device)
         self.model = Unet3D(unet).to(device)
@@ -121,16 +130,14 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         if cfg.resume == "auto":
             self.resume()
+        if self.step == 0:  # starting from scratch: outputs of an earlier run (even one without a checkpoint) go aside
+            self.set_aside_previous_run("fresh run" if cfg.resume == "never" else "no checkpoint to resume")
         net = self.model
         if d.enabled:
             net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
         self.net = torch.compile(net) if cfg.compile else net
         self.log = MetricsLog(self.out, enabled=d.is_main, after_step=self.step)
         self.space = attribute_space(exp.raw)
-        self.val_shards = shard_list(exp.data_dir, "val")
-        # fixed sample prompts: the first val clips' captions (train clips when there is no val split)
-        preview_shards = self.val_shards or shard_list(exp.data_dir, "train")
-        self.preview = next(val_batches(preview_shards, cfg.sample_count, 1), None)
 
     # resume -------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -140,24 +147,22 @@ class Trainer:
                 "seed": self.exp.seed, "model": to_dict(self.exp.model), "train": to_dict(cfg),
                 "encoder": self.encoder, "geometry": self.geometry}
 
+    def set_aside_previous_run(self, why: str) -> None:
+        """Starting from step 0: rank 0 moves a previous run's outputs aside (nothing lost, nothing mixed in)."""
+        if self.d.is_main:
+            moved = ckpt.set_aside(self.out)
+            if moved:
+                print(f"{why}: moved the previous run's {', '.join(moved[1])} to {moved[0]}/")
+        self.d.barrier()
+
     def resume(self) -> None:
         found = ckpt.latest_checkpoint(self.ckpt_root)
         if found is None:
             return
-        state = ckpt.load_state(found.path)
-        if state.get("model") != to_dict(self.exp.model):
-            raise TrainingError(f"{found.path}: was trained with a different model config; use another name / "
-                                f"train.out_dir, or train.resume=never after deleting {self.ckpt_root}")
-        ckpt.load_weights(found.path, "model.safetensors", self.model)
-        ckpt.load_weights(found.path, "ema.safetensors", self.ema.model)
-        self.optimizer.load_state_dict(ckpt.load_torch(found.path / "optimizer.pt"))
-        if self.scaler is not None:
-            scaler_state = ckpt.load_torch(found.path / "scaler.pt")
-            if scaler_state:
-                self.scaler.load_state_dict(scaler_state)
-        rng_file = found.path / f"rng-rank{self.d.rank}.pt"
-        if rng_file.is_file():
-            ckpt.set_rng_state(ckpt.load_torch(rng_file), self.generator)
+        try:
+            state = self.load_checkpoint(found.path)
+        except ckpt.ResumeError as e:
+            raise ckpt.ResumeError(f"{e}; {ckpt.older_checkpoints_hint(self.ckpt_root, found)}") from None
         same_order = all(state.get(k) == v for k, v in (("batch_size", self.cfg.batch_size),
                          ("grad_accum", self.cfg.grad_accum), ("num_workers", self.cfg.num_workers),
                          ("world_size", self.d.world_size), ("seed", self.exp.seed)))
@@ -167,6 +172,21 @@ class Trainer:
         self.last_checkpoint = found.path
         if self.d.is_main:
             print(f"resumed from {found.path} (step {self.step})")
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        state = ckpt.load_state(path)
+        if state.get("model") != to_dict(self.exp.model):
+            raise TrainingError(f"{path}: was trained with a different model config; use another name / "
+                                f"train.out_dir, or --fresh (train.resume=never) to move this run aside and start over")
+        ckpt.load_weights(path, "model.safetensors", self.model)
+        ckpt.load_weights(path, "ema.safetensors", self.ema.model)
+        ckpt.load_torch_into(path / "optimizer.pt", self.optimizer.load_state_dict)
+        if self.scaler is not None:
+            ckpt.load_torch_into(path / "scaler.pt", lambda s: self.scaler.load_state_dict(s) if s else None)
+        rng_file = path / f"rng-rank{self.d.rank}.pt"
+        if rng_file.is_file():
+            ckpt.load_torch_into(rng_file, lambda s: ckpt.set_rng_state(s, self.generator))
+        return state
 
     def save(self) -> None:
         d = self.d
@@ -193,7 +213,12 @@ class Trainer:
 
     # loop ---------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train to `train.steps`; the summary's loss is None when the checkpoint resumed from was already there."""
         cfg, d = self.cfg, self.d
+        if self.step >= cfg.steps:
+            self.log.close()
+            return {"step": self.step, "loss": None, "checkpoint": str(self.last_checkpoint),
+                    "model": str(self.out / "model"), "seconds": 0.0}
         loader = train_loader(shard_list(self.exp.data_dir, "train"), batch_size=cfg.batch_size, seed=self.exp.seed,
                               rank=d.rank, world_size=d.world_size, num_workers=cfg.num_workers,
                               shuffle_buffer=cfg.shuffle_buffer, hflip=cfg.hflip,
