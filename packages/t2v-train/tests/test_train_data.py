@@ -89,3 +89,19 @@ def test_a_damaged_shard_is_named_in_one_line(damaged_shards, workers):
     with pytest.raises(DataError) as e:
         next(val_batches(shard_list(bad, "val"), 3, 1))
     assert str(e.value) == f"{bad / 'val-000000.tar'}: unreadable tar shard (invalid header)"
+
+
+def test_a_shard_cut_between_two_samples_is_caught_by_its_manifest_count(shards, tmp_path):
+    import shutil
+    import tarfile
+    from pathlib import Path
+
+    bad = Path(shutil.copytree(shards, tmp_path / "cut"))
+    with tarfile.open(bad / "val-000000.tar") as tar:
+        third = tar.getmembers()[6]  # 3 members per sample: the header of sample 3
+    with open(bad / "val-000000.tar", "r+b") as f:
+        f.truncate(third.offset)
+    with pytest.raises(DataError) as e:
+        list(val_batches(shard_list(bad, "val"), 1, 100))
+    assert str(e.value) == (f"{bad / 'val-000000.tar'}: 2 samples but the manifest lists 8 "
+                            f"(truncated or replaced shard?)")

@@ -13,6 +13,7 @@ restarts there: the new loader's worker i plays the original worker (i + n) % wo
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
@@ -26,7 +27,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2v_data.shards import read_manifest
+from t2v_data.shards import MANIFEST, read_manifest
 
 
 class DataError(ValueError):
@@ -39,17 +40,35 @@ def shard_list(data_dir: str | Path, split: str) -> list[str]:
     return [str(Path(data_dir) / s["name"]) for s in shards]
 
 
+def shard_counts(directory: str) -> dict[str, int]:
+    """{shard file name: sample count} from the manifest of a shard directory (docs/FORMATS.md)."""
+    return _shard_counts(directory, (Path(directory) / MANIFEST).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_counts(directory: str, mtime_ns: int) -> dict[str, int]:  # re-read when the manifest is rewritten
+    manifest = read_manifest(directory)
+    return {s["name"]: s["count"] for split in manifest["splits"].values() for s in split["shards"]}
+
+
 def read_shards(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """The raw samples of the tar shards `urls`, in order; a damaged shard raises a DataError naming it."""
+    """The raw samples of the tar shards `urls`, in order. A damaged shard raises a DataError naming it, and so does
+    one with fewer or more samples than its manifest lists (a tar cut off between two samples still reads cleanly)."""
     for url in urls:
+        expected = shard_counts(str(Path(url).parent)).get(Path(url).name)
+        count = 0
         try:
-            yield from wds.tariterators.tarfile_samples([{"url": url}])
+            for sample in wds.tariterators.tarfile_samples([{"url": url}]):
+                count += 1
+                yield sample
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             if isinstance(e, OSError) and e.strerror:
                 reason = e.strerror
             else:  # webdataset appends " @ <file object>" and more args to the message
                 reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
             raise DataError(f"{url}: unreadable tar shard ({reason})") from None
+        if expected is not None and count != expected:
+            raise DataError(f"{url}: {count} samples but the manifest lists {expected} (truncated or replaced shard?)")
 
 
 def npy(data: bytes) -> np.ndarray:
