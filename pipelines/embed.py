@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="experiment YAML, e.g. configs/quickstart.yaml")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. embed.tokens=true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = embed_config_from_experiment(load_yaml(args.config, args.overrides))

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", help="inference checkpoint dir (default: evaluate.checkpoint or runs/<name>/model)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.num_prompts=64")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     keep_freed_memory()  # sampling re-allocates the same activations every step (t2v_model/allocator.py)
     try:
         result = evaluate(load_experiment(args.config, args.overrides), args.checkpoint, progress=not args.quiet)

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", action="append", help="prompts for the generate stage (repeatable)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="dotted overrides for every stage, e.g. train.steps=300")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     try:
         raw = load_yaml(args.config, args.overrides)
         # every stage's section up front: a typo in train.* should not surface after prepare and embed have run

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="start over, moving the previous run's outputs aside (train.resume=never)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 train.steps=2000")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     keep_freed_memory()  # no page faults re-touching last step's activations (t2v_model/allocator.py)
     try:
         overrides = list(args.overrides) + (["train.resume=never"] if args.fresh else [])

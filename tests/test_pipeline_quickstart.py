@@ -61,4 +61,7 @@ def test_quickstart_checks_every_section_before_the_first_stage(tmp_path, capsys
     assert capsys.readouterr().err.startswith("config error: train.bogus: unknown key")
     assert quickstart.main([*args, "evaluate.steps=0"]) == 2
     assert "config error: evaluate.steps" in capsys.readouterr().err
+    # overrides may stand before and after the flags
+    assert quickstart.main(["--config", config, "model.unet.dim=-1", "--quiet", f"data.out_dir={tmp_path}/raw"]) == 2
+    assert capsys.readouterr().err.startswith("config error: model.unet.dim")
     assert not (tmp_path / "raw").exists()  # prepare never ran
