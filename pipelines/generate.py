@@ -3,8 +3,9 @@
     uv run pipelines/generate.py --checkpoint runs/quickstart/model --prompt "a red circle moving left" \
         --steps 50 --guidance 3 --seed 0 --out samples/red_left.mp4
 
-Bad flags or an unusable --out / --device: one `error: ...` line and exit 2, before anything loads; a missing or
-corrupt checkpoint or text encoder: one line and exit 1, before sampling.
+Bad flag values or an unusable --out / --device: one `error: ...` line and exit 2, before anything loads (unknown
+flags: argparse's usage message, exit 2); a missing or corrupt checkpoint or text encoder: one line and exit 1,
+before sampling.
 """
 
 from __future__ import annotations

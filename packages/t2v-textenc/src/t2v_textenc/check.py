@@ -42,7 +42,8 @@ def check_encoder(manifest_or_dir: dict[str, Any] | str | Path, expected_id: str
         )
     if info["id"] != expected_id:
         raise EncoderMismatchError(
-            f"{where}: shards were embedded with text encoder {info['id']!r} ({info['dim']}-d) but the model "
-            f"expects {expected_id!r} ({expected_dim}-d); re-run the embed stage or change the model config"
+            f"{where}: shards were embedded with text encoder {info['id']!r} ({info['dim']}-d) but the config names "
+            f"{expected_id!r} (embed.encoder) with model.unet.cond_dim {expected_dim}; re-run the embed stage, or set "
+            f"embed.encoder to {info['id']!r}"
         )
     return info

@@ -1,7 +1,7 @@
 """The `model:`, `train:` and `evaluate:` sections of an experiment config, as typed dataclasses.
 
     exp = load_experiment("configs/quickstart.yaml", ["train.lr=3e-4"])
-    exp.train.lr, exp.unet.dim, exp.data_dir, exp.out_dir
+    exp.train.lr, exp.model.unet.dim, exp.data_dir, exp.out_dir
 
 Every key is validated by `t2v_data.config.build`; errors are one-line `ConfigError`s naming the key.
 """

@@ -99,7 +99,7 @@ class Trainer:
                                 f"pipelines/prepare.py, then pipelines/embed.py, with this config")
         self.manifest = read_manifest(exp.data_dir)
         unet = exp.model.unet
-        self.encoder = check_encoder(self.manifest, exp.encoder_id, unet.cond_dim)
+        self.encoder = check_encoder(exp.data_dir, exp.encoder_id, unet.cond_dim)  # errors name its manifest.json
         if unet.cross_attn and not self.encoder.get("tokens"):
             raise TrainingError(f"model.unet.cross_attn: needs per-token embeddings but {exp.data_dir} has none "
                                 f"(re-run the embed stage with embed.tokens=true)")
