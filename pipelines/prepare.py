@@ -6,12 +6,18 @@ uv run pipelines/prepare.py --config configs/quickstart.yaml [data.num_samples=2
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from t2v_data.config import ConfigError, build, load_yaml
 from t2v_data.errors import DataError
-from t2v_data.prepare import run_prepare
+from t2v_data.prepare import finished_shards, run_prepare
 from t2v_data.prepare_config import PrepareConfig
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the worker pool is terminated on the way out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="delete this stage's files in data.out_dir first")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.num_samples=200")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
+    cfg = None
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         raw = load_yaml(args.config, args.overrides)
-        if args.workers is not None:
-            raw.setdefault("data", {})["workers"] = args.workers
+        data = raw.get("data") or {}
+        if isinstance(data, dict):  # else build() names the bad section
+            if args.workers is not None:
+                data["workers"] = args.workers
+            if data.get("out_dir") is None and isinstance(raw.get("name"), str):
+                data["out_dir"] = f"data/{raw['name']}/raw"  # where the embed stage looks for it (docs/FORMATS.md)
+            raw["data"] = data
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed: expected an integer, got {seed!r}")
@@ -37,6 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. disk full or permissions changed mid-run; finished shards stay
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if cfg is None:
+            print("interrupted", file=sys.stderr)
+        else:
+            print(
+                f"interrupted: {finished_shards(cfg.out_dir)} finished shards kept in {cfg.out_dir}; "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print("\n".join(summary.lines()))
     return 0
 

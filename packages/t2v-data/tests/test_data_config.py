@@ -59,3 +59,12 @@ def test_yaml_overrides_and_hash(tmp_path):
     assert config_hash(cfg, 3) != config_hash(cfg, 4)
     changed = build(PrepareConfig, {**raw["data"], "num_samples": 21}, "data")
     assert config_hash(cfg, 3) != config_hash(changed, 3)
+
+
+def test_negative_limits_and_single_names_are_refused():
+    with pytest.raises(ConfigError, match=r"^data\.folder\.limit: must be >= 0"):
+        build(PrepareConfig, {"source": "folder", "folder": {"dir": "x", "limit": -1}}, "data")
+    with pytest.raises(ConfigError, match=r"^data\.msrvtt\.limit: must be >= 0"):
+        build(PrepareConfig, {"msrvtt": {"limit": -3}}, "data")
+    with pytest.raises(ConfigError, match=r"^data\.digits\.color: unknown value 'pink'"):
+        build(PrepareConfig, {"source": "digits", "digits": {"color": "pink"}}, "data")

@@ -1,6 +1,10 @@
 import gzip
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +147,123 @@ def test_pipeline_cli(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "video folder not found" in err and "\n" not in err
+
+
+def files_state(out):
+    """(inode, mtime) of every file: an atomic rewrite changes the inode even within one mtime tick."""
+    files = (p for p in out.rglob("*") if p.is_file())
+    return {p.relative_to(out).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
+
+
+def test_finished_rerun_writes_nothing(tmp_path):
+    out = tmp_path / "a"
+    run_prepare(cfg_for(out), seed=0, progress=False)
+    before = files_state(out)
+    assert ".prepare/config.json" in before and "rejects.jsonl" in before
+    run_prepare(cfg_for(out, workers=2), seed=0, progress=False)  # workers do not change the data
+    run_prepare(cfg_for(out), seed=0, progress=False)
+    assert files_state(out) == before
+
+
+def test_another_stage_dir_is_refused_even_with_overwrite(tmp_path):
+    out = tmp_path / "embedded"
+    run_prepare(cfg_for(out), seed=0, progress=False)
+    # what the embed stage leaves: the raw manifest copied (config_hash included) with its own stage, no .prepare/
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**m, "stage": "embed"}))
+    shutil.rmtree(out / ".prepare")
+    before = files_state(out)
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match=r"embedded: holds the embed stage's output"):
+            run_prepare(cfg_for(out), seed=0, overwrite=overwrite, progress=False)
+    assert files_state(out) == before
+
+
+def test_overwrite_refuses_shards_it_did_not_record(tmp_path):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "train-000000.tar").write_bytes(b"someone else's")
+    with pytest.raises(DataError, match=r"did not record; refusing to delete them"):
+        run_prepare(cfg_for(out), seed=0, overwrite=True, progress=False)
+    assert (out / "train-000000.tar").read_bytes() == b"someone else's"
+
+
+def test_unusable_out_dir_is_one_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(DataError, match=r"unusable data\.out_dir"):
+            run_prepare(cfg_for(out), seed=0, progress=False)
+
+
+def test_pipeline_overrides_after_flags_and_interrupt(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 1\ndata:\n  num_samples: 10\n")
+    mod = _pipeline()
+    out = tmp_path / "out"
+    assert mod.main(["--config", str(cfg), "data.num_samples=12", "--quiet", f"data.out_dir={out}"]) == 0
+    assert read_manifest(out)["splits"]["train"]["count"] + read_manifest(out)["splits"]["val"]["count"] == 12
+    capsys.readouterr()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "run_prepare", interrupted)
+    assert mod.main(["--config", str(cfg), "--quiet", "data.num_samples=12", f"data.out_dir={out}"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted: 1 finished shards kept in {out}; run the same command again to resume"
+
+
+def _stat(pid):
+    """(state, ppid) from /proc, or None once the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid):
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
+def _children(pid):
+    return [int(d.name) for d in Path("/proc").glob("[0-9]*") if (_stat(d.name) or ("", 0))[1] == pid]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_sigterm_stops_the_workers_too(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  out_dir: {out}\n  num_samples: 100000\n  shard_max_samples: 100\n  workers: 2\n")
+    p = subprocess.Popen(
+        [sys.executable, str(REPO / "pipelines" / "prepare.py"), "--config", str(cfg), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while not list((out / ".prepare").glob("*.tar.json")) and time.time() < deadline:
+            time.sleep(0.05)
+        workers = _children(p.pid)
+        p.terminate()  # SIGTERM to the main process only
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert err.startswith("interrupted: ") and err.strip().count("\n") == 0 and "resume" in err
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert workers and not [w for w in workers if _alive(w)]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_pipeline_default_out_dir_is_where_embed_looks(tmp_path, monkeypatch, capsys):
+    # without data.out_dir the raw shards go to data/<name>/raw, the embed stage's default in_dir (docs/FORMATS.md)
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: noout\ndata:\n  num_samples: 6\n  frames: 4\n  size: 16\n")
+    assert _pipeline().main(["--config", str(cfg), "--quiet"]) == 0
+    assert (tmp_path / "data" / "noout" / "raw" / "manifest.json").is_file()

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,64 @@ def test_nothing_usable_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"no usable inputs \(1 rejected"):
         run_prepare(cfg, seed=0, progress=False)
     assert "no caption file" in (tmp_path / "o" / "rejects.jsonl").read_text()
+
+
+def gif(path, n, size=(20, 30)):
+    frames = [Image.fromarray(np.full((*size, 3), (40 * i, 0, 200), np.uint8)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+
+
+def folder_cfg(d, out, **data):
+    data = {"source": "folder", "out_dir": str(out), "frames": 4, "size": 16, "folder": {"dir": str(d)}, **data}
+    return build(PrepareConfig, data, "data")
+
+
+def test_bom_single_frame_and_audio_only(tmp_path):
+    import imageio_ffmpeg
+
+    d = tmp_path / "clips"
+    d.mkdir()
+    gif(d / "fade.gif", 6)
+    (d / "fade.txt").write_bytes("\ufeffa colour fade\n".encode())
+    gif(d / "still.gif", 1)
+    (d / "still.txt").write_text("a square moving left")
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    audio_only = [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "sine=d=0.3", "-c:a", "aac", str(d / "audio.mp4")]
+    subprocess.run(audio_only, check=True)
+    (d / "audio.txt").write_text("a beep")
+    out = tmp_path / "out"
+    run_prepare(folder_cfg(d, out), seed=0, progress=False)
+    assert all_samples(out)["fade.gif"]["meta"]["captions"] == ["a colour fade"]
+    assert rejects(out) == {"still.gif": "too short (1 frame)", "audio.mp4": "no video stream"}
+
+
+def test_failed_runs_keep_the_finished_dataset_and_do_not_block_a_new_config(tmp_path):
+    d = tmp_path / "clips"
+    d.mkdir()
+    gif(d / "fade.gif", 6)
+    (d / "fade.txt").write_text("a colour fade")
+    gif(d / "nocap.gif", 6)
+    out = tmp_path / "out"
+    run_prepare(folder_cfg(d, out), seed=0, progress=False)
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert rejects(out) == {"nocap.gif": "no caption file nocap.txt"}
+
+    (d / "fade.txt").unlink()  # nothing usable: refused, the finished dataset untouched
+    with pytest.raises(DataError, match=r"no usable inputs \(2 rejected, first: fade.gif: no caption file"):
+        run_prepare(folder_cfg(d, out), seed=0, progress=False)
+    for p in d.iterdir():
+        p.unlink()
+    with pytest.raises(DataError, match=r"clips: no video files \(\*\.mp4, \*\.gif, \*\.webm"):
+        run_prepare(folder_cfg(d, out), seed=0, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
+
+    bad, out2 = tmp_path / "bad", tmp_path / "out2"
+    bad.mkdir()
+    (bad / "broken.webm").write_bytes(b"not a video")
+    (bad / "broken.txt").write_text("never decoded")
+    with pytest.raises(DataError, match=r"every input was rejected"):
+        run_prepare(folder_cfg(bad, out2), seed=0, progress=False)
+    gif(d / "fade.gif", 6)
+    (d / "fade.txt").write_text("a colour fade")
+    s = run_prepare(folder_cfg(d, out2, size=24), seed=0, progress=False)  # another config, no shards to protect
+    assert s.counts["train"] + s.counts["val"] == 1 and s.rejects == 0 and rejects(out2) == {}

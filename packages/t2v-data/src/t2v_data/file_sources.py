@@ -52,7 +52,7 @@ def list_msrvtt(cfg: MsrvttConfig) -> tuple[list[WorkItem], list[Reject]]:
     if not ann.is_file():
         raise DataError(f"{ann}: MSR-VTT annotation file not found (data.msrvtt.annotations)")
     try:
-        data = json.loads(ann.read_text())
+        data = json.loads(ann.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{ann}: not valid JSON ({e})") from None
     if (
@@ -108,6 +108,9 @@ def list_folder(cfg: FolderConfig) -> tuple[list[WorkItem], list[Reject]]:
         (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
         key=lambda p: natural_key(p.relative_to(root).as_posix()),
     )
+    if not paths:
+        patterns = ", ".join("*" + s for s in VIDEO_SUFFIXES)
+        raise DataError(f"{root}: no video files ({patterns}, searched recursively) (data.folder.dir)")
     if cfg.limit:
         paths = paths[: cfg.limit]
     items, rejects = [], []
@@ -118,7 +121,7 @@ def list_folder(cfg: FolderConfig) -> tuple[list[WorkItem], list[Reject]]:
             rejects.append(Reject(rel, str(p), f"no caption file {txt.name}"))
             continue
         try:
-            caps = [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+            caps = [line.strip() for line in txt.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             rejects.append(Reject(rel, str(p), f"unreadable caption file ({e})"))
             continue

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,23 +103,25 @@ def plan_shards(items: list[WorkItem], cfg: PrepareConfig) -> list[ShardPlan]:
 
 def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, progress: bool = True) -> PrepareSummary:
     """Write (or complete) the shard directory `cfg.out_dir`. Raises DataError for unusable input, an
-    out_dir holding another config's shards, or an empty result."""
+    out_dir that is not a usable directory or holds another stage's output or another config's shards,
+    or an empty result. A KeyboardInterrupt stops the workers; finished shards are kept for a re-run."""
     start = time.perf_counter()
     out = Path(cfg.out_dir)
     state = out / STATE_DIR
     digest = config_hash(cfg, seed)
+    _make_out_dir(out)
+    _check_stage(out)
     if overwrite:
+        _check_recorded(out, "refusing to delete them; use a new data.out_dir")
         _clear(out)
     _check_owner(out, digest)
 
     items, rejects = list_work(cfg)
     if not items:
-        _write_rejects(out, rejects)
-        raise DataError(f"{cfg.source}: no usable inputs ({len(rejects)} rejected, see {out / REJECTS})")
+        raise DataError(f"{cfg.source}: no usable inputs ({_rejects_note(out, rejects)})")
     plans = plan_shards(items, cfg)
-    write_json_atomic(state / "config.json", {"config_hash": digest, "seed": seed, "data": to_dict(cfg)})
-    _remove_stale(out, {p.name for p in plans})
-
+    planned = {p.name for p in plans}
+    stale = [p for p in out.iterdir() if SHARD_RE.match(p.name) and p.name not in planned]
     records: dict[str, ShardRecord] = {}
     todo = []
     for p in plans:
@@ -126,6 +130,12 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
             todo.append(p)
         else:
             records[p.name] = rec
+    if todo or stale:
+        (out / MANIFEST).unlink(missing_ok=True)  # only a finished run has a manifest
+    data = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # so that --workers alone rewrites nothing
+    _write_if_changed(state / "config.json", _json_bytes({"config_hash": digest, "seed": seed, "data": data}))
+    _remove_stale(out, planned)
+
     bar = tqdm(
         total=sum(len(p.items) for p in plans),
         initial=sum(len(p.items) for p in plans if p.name in records),
@@ -134,20 +144,24 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
         disable=not progress,
         dynamic_ncols=True,
     )
-    if cfg.workers == 1 or len(todo) <= 1:
-        maker = SampleMaker(cfg, seed)
-        for p in todo:
-            records[p.name] = _write_shard(p, maker, out, cfg, on_item=lambda: bar.update(1))
-    else:
-        ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
-        with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=(cfg, seed)) as pool:
-            for rec in pool.imap_unordered(_worker_task, todo):
-                records[rec.name] = rec
-                bar.update(len(rec.planned))
-    bar.close()
+    try:
+        if cfg.workers == 1 or len(todo) <= 1:
+            maker = SampleMaker(cfg, seed)
+            for p in todo:
+                records[p.name] = _write_shard(p, maker, out, cfg, on_item=lambda: bar.update(1))
+        else:
+            ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
+            init = (cfg, seed, os.getpid())
+            # leaving the block (also on Ctrl-C) terminates the workers
+            with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=init) as pool:
+                for rec in pool.imap_unordered(_worker_task, todo):
+                    records[rec.name] = rec
+                    bar.update(len(rec.planned))
+    finally:
+        bar.close()
 
     rejects += [Reject(**r) for p in plans for r in records[p.name].rejects]
-    _write_rejects(out, rejects)
+    _write_if_changed(out / REJECTS, _rejects_bytes(rejects))
     splits = {s: {"count": 0, "shards": []} for s in SPLITS}
     for p in plans:
         rec = records[p.name]
@@ -213,13 +227,37 @@ def _write_shard(plan: ShardPlan, maker: SampleMaker, out: Path, cfg: PrepareCon
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(cfg: PrepareConfig, seed: int) -> None:
+def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    signal.signal(signal.SIGTERM, _worker_exit)  # from pool.terminate(): unwind so the shard's temp file goes
+    _exit_with_parent(parent)
     _worker.update(cfg=cfg, maker=SampleMaker(cfg, seed))
+
+
+def _worker_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Linux: get SIGTERM when the parent dies (even by SIGKILL), so no orphan goes on writing shards."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _worker_task(plan: ShardPlan) -> ShardRecord:
     cfg = _worker["cfg"]
     return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
+
+
+def finished_shards(out_dir: str | Path) -> int:
+    """Shards (including all-rejected ones) that a re-run of the same command will skip."""
+    return len(list((Path(out_dir) / STATE_DIR).glob("*.tar.json")))
 
 
 def _load_record(out: Path, plan: ShardPlan) -> ShardRecord | None:
@@ -236,15 +274,49 @@ def _load_record(out: Path, plan: ShardPlan) -> ShardRecord | None:
     return rec
 
 
+def _make_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: unusable data.out_dir (exists and is not a directory)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: unusable data.out_dir ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: unusable data.out_dir (not writable)")
+
+
+def _check_stage(out: Path) -> None:
+    """Refuse a directory written by a later stage (embed copies the raw manifest, config_hash included)."""
+    stage = (_read_json(out / MANIFEST) or {}).get("stage", "prepare")
+    if stage != "prepare":
+        raise DataError(
+            f"{out}: holds the {stage} stage's output (manifest.json stage {stage!r}), not prepare's; "
+            "use another data.out_dir"
+        )
+
+
+def _check_recorded(out: Path, advice: str) -> None:
+    """Shards without this stage's records (`.prepare/config.json`) are someone else's."""
+    if not (out / STATE_DIR / "config.json").is_file() and _shard_files(out):
+        raise DataError(f"{out}: holds shards this stage did not record; {advice}")
+
+
 def _check_owner(out: Path, digest: str) -> None:
     prev = _read_json(out / STATE_DIR / "config.json") or _read_json(out / MANIFEST)
     if prev and prev.get("config_hash") != digest:
+        if not _shard_files(out):  # e.g. a run whose every input was rejected: nothing to keep
+            _clear(out)
+            return
         raise DataError(
             f"{out}: holds shards of a different data config (hash {str(prev.get('config_hash'))[:12]} "
             f"!= {digest[:12]}); use a new data.out_dir or --overwrite"
         )
-    if not prev and out.is_dir() and any(SHARD_RE.match(p.name) for p in out.iterdir()):
-        raise DataError(f"{out}: holds shards this stage did not record; use a new data.out_dir or --overwrite")
+    if not prev:
+        _check_recorded(out, "use a new data.out_dir")
+
+
+def _shard_files(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if SHARD_RE.match(p.name)] if out.is_dir() else []
 
 
 def _clear(out: Path) -> None:
@@ -271,11 +343,34 @@ def _remove_stale(out: Path, planned: set[str]) -> None:
             p.unlink()
 
 
-def _write_rejects(out: Path, rejects: list[Reject]) -> None:
+def _rejects_bytes(rejects: list[Reject]) -> bytes:
     lines = [
         json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) for r in sorted(rejects, key=lambda r: r.source_id)
     ]
-    write_bytes_atomic(out / REJECTS, ("\n".join(lines) + "\n" if lines else "").encode())
+    return ("\n".join(lines) + "\n" if lines else "").encode()
+
+
+def _rejects_note(out: Path, rejects: list[Reject]) -> str:
+    """Where a failed run's rejects are: rejects.jsonl, unless that belongs to a finished dataset (kept as is)."""
+    if not (out / MANIFEST).is_file():
+        _write_if_changed(out / REJECTS, _rejects_bytes(rejects))
+        return f"{len(rejects)} rejected, see {out / REJECTS}"
+    first = f", first: {rejects[0].source_id}: {rejects[0].reason}" if rejects else ""
+    return f"{len(rejects)} rejected{first}; the finished dataset in {out} is left as it was"
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Atomic write that leaves an identical file untouched (a finished re-run writes nothing)."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    write_bytes_atomic(path, data)
 
 
 def _read_json(path: Path) -> dict | None:

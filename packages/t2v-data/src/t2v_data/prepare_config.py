@@ -108,8 +108,8 @@ class DigitsConfig:
             raise ConfigError(f"digit_size: must be in [0.1, 0.8], got {self.digit_size}")
         if self.digit_size + max(self.speeds.values()) > MAX_FILL:
             raise ConfigError(f"speeds: digit_size + largest speed must be <= {MAX_FILL}")
-        _check_names("color", [self.color], COLORS)
-        _check_names("background", [self.background], BACKGROUNDS)
+        _check_name("color", self.color, COLORS)
+        _check_name("background", self.background, BACKGROUNDS)
 
 
 @dataclass
@@ -118,11 +118,17 @@ class MsrvttConfig:
     annotations: str = ""  # the official train_val_videodatainfo.json
     limit: int = 0  # at most this many videos (0 = all)
 
+    def validate(self) -> None:
+        _check_limit(self.limit)
+
 
 @dataclass
 class FolderConfig:
     dir: str = ""  # *.mp4|*.gif|*.webm, each with a same-stem .txt (one caption per non-empty line)
-    limit: int = 0
+    limit: int = 0  # at most this many videos (0 = all)
+
+    def validate(self) -> None:
+        _check_limit(self.limit)
 
 
 @dataclass
@@ -176,7 +182,7 @@ class PrepareConfig:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if not self.out_dir:
             raise ConfigError("out_dir: must not be empty")
-        if self.source in ("shapes", "digits"):  # defaults are not built from YAML, so check them here too
+        if self.source in ("shapes", "digits", "msrvtt", "folder"):  # defaults are not built from YAML: check here too
             try:
                 getattr(self, self.source).validate()
             except ConfigError as e:
@@ -221,6 +227,16 @@ def is_drawable(attrs: dict[str, Any]) -> bool:
 def is_valid_combo(attrs: dict[str, Any], cfg: ShapesConfig) -> bool:
     """Generated for training: drawable and not held out."""
     return is_drawable(attrs) and not is_held_out(attrs, cfg)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ConfigError(f"limit: must be >= 0 (0 = all), got {limit}")
+
+
+def _check_name(where: str, value: str, known) -> None:
+    if value not in known:
+        raise ConfigError(f"{where}: unknown value {value!r} (known: {', '.join(known)})")
 
 
 def _check_names(where: str, values: list[str], known) -> None:

@@ -21,7 +21,8 @@ def decode_clip(
     """uint8 (frames, height, width, 3) and facts about the source {duration, source_fps, source_size,
     decoded_frames, frame_indices}. `sampling`: "spread" = `frames` frames evenly over the whole clip
     (decoded at `fps`); "window" = `frames` consecutive frames at `fps` from the middle of the clip.
-    Clips with fewer decoded frames than needed repeat frames (evenly). Raises DataError when unreadable."""
+    Clips with fewer decoded frames than needed (but at least 2) repeat frames (evenly). Raises DataError when
+    unreadable, without a video stream, or shorter than 2 frames."""
     import imageio_ffmpeg
 
     vf = (
@@ -33,10 +34,15 @@ def decode_clip(
         meta = next(reader)
         decoded = [np.frombuffer(buf, dtype=np.uint8) for buf in reader]
     except Exception as e:  # imageio-ffmpeg raises RuntimeError/OSError/StopIteration with ffmpeg's stderr
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        text = str(e)
+        if "Stream #" in text and "Video:" not in text:  # ffmpeg listed the file's streams: none is video
+            raise DataError(f"{path}: no video stream") from None
+        reason = (text.strip().splitlines() or [type(e).__name__])[-1][:200]
         raise DataError(f"{path}: unreadable video ({reason})") from None
     if not decoded:
         raise DataError(f"{path}: no frames decoded")
+    if len(decoded) < 2:  # padding one frame would make a static clip under a caption that may describe motion
+        raise DataError(f"{path}: too short (1 frame)")
     clip = np.stack(decoded).reshape(len(decoded), height, width, 3)
     n = len(clip)
     if sampling == "spread" or n <= frames:
