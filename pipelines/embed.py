@@ -15,7 +15,7 @@ import sys
 
 from t2v_data.config import ConfigError, load_yaml
 from t2v_model.text_encoder import TextEncoderError
-from t2v_textenc import ShardError, embed_config_from_experiment, run_embed
+from t2v_textenc import CacheError, ShardError, embed_config_from_experiment, run_embed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (ShardError, TextEncoderError) as e:
+    except (ShardError, TextEncoderError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary.format())
     return 0
 

@@ -44,3 +44,19 @@ def test_an_empty_card_is_refused(tmp_path):
     (ckpt / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"config.json: missing key 'unet'"):
         load_pretrained(ckpt)
+
+
+def test_save_pretrained_refuses_to_replace_anything_but_a_checkpoint(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match=r"mine: holds other files than a checkpoint \(notes.txt\)"):
+        save_tiny(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "a_file").write_text("data")
+    with pytest.raises(CheckpointError, match="a_file: exists and is not a directory"):
+        save_tiny(tmp_path / "a_file")
+    assert (tmp_path / "a_file").read_text() == "data"
+    (tmp_path / "empty").mkdir()
+    save_tiny(tmp_path / "empty")
+    save_tiny(tmp_path / "empty")  # an earlier checkpoint is replaced
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["config.json", "model.safetensors"]

@@ -208,3 +208,14 @@ def test_atomic_outputs_get_the_umask_mode_not_owner_only(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_seed_none_draws_a_fresh_seed_without_touching_the_global_rng():
+    pipe = make_pipe()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = pipe.generate(["a prompt"], steps=1, seed=None)
+    assert torch.equal(torch.rand(3), expected)
+    b = pipe.generate(["a prompt"], steps=1, seed=None)
+    assert a.shape == b.shape and not torch.equal(a, b)  # two fresh seeds

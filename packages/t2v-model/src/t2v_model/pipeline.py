@@ -119,7 +119,7 @@ class TextToVideo:
         geo = self.card.data
         shape = (text.shape[0], geo.channels, geo.frames, geo.height, geo.width)
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        generator.manual_seed(seed if seed is not None else torch.Generator().seed())  # None: fresh, global RNG untouched
         denoise = guided_denoiser(self.model, text, guidance=guidance, tokens=tokens, token_mask=token_mask)
         bar = _progress(f"sampling ({sampler}, {steps} steps)") if progress else None
         if sampler == "ddim":

@@ -103,7 +103,7 @@ class TextEncoder:
         self._dir = Path(source) if is_local else _hub_snapshot_dir(source)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and max_length > limit:
-            raise TextEncoderError(f"max_length: {max_length} exceeds {self.id!r}'s {limit} positions")
+            raise TextEncoderError(f"max_length: {max_length} exceeds the {limit} positions of {self.id!r}")
         if self.tokenizer.cls_token_id is None or self.tokenizer.sep_token_id is None:
             raise TextEncoderError(f"text encoder {self.id!r}: tokenizer has no [CLS]/[SEP] tokens (not a BERT?)")
         self._hash: str | None = None

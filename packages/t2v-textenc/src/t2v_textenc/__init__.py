@@ -1,7 +1,7 @@
 """t2v_textenc: the embed stage. Raw shards -> pre-embedded shards with every caption encoded once by the frozen
 text encoder of t2v_model (cached across runs), plus the trainer's `check_encoder` guard. See docs/embed.md."""
 
-from .cache import CachedEmbedding, EmbeddingCache
+from .cache import CacheError, CachedEmbedding, EmbeddingCache
 from .check import EncoderMismatchError, check_encoder
 from .config import EmbedConfig, embed_config_from_experiment
 from .embed import EmbedSummary, SampleError, parse_captions, run_embed
@@ -12,6 +12,7 @@ __all__ = [
     "EmbedConfig",
     "EmbedSummary",
     "EmbeddingCache",
+    "CacheError",
     "EncoderMismatchError",
     "SampleError",
     "ShardError",

@@ -33,6 +33,10 @@ class CachedEmbedding:
     tokens: np.ndarray | None = None  # float16 (length, D): real tokens only
 
 
+class CacheError(RuntimeError):
+    """An unusable cache file or directory; the message names it."""
+
+
 class EmbeddingCache:
     FILE = "text_embeddings.sqlite"
 
@@ -42,12 +46,19 @@ class EmbeddingCache:
             self.path = None
             self.db = sqlite3.connect(":memory:")
         else:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
             self.path = Path(cache_dir) / self.FILE
-            self.db = sqlite3.connect(self.path, timeout=60)
-            self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(_SCHEMA)
-        self.db.commit()
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=60)
+                self.db.execute("PRAGMA journal_mode=WAL")
+            except (OSError, sqlite3.Error) as e:
+                raise CacheError(f"{self.path}: unusable embedding cache ({e}); delete it or set embed.cache_dir") \
+                    from None
+        try:
+            self.db.execute(_SCHEMA)
+            self.db.commit()
+        except sqlite3.Error as e:
+            raise CacheError(f"{self.path}: unusable embedding cache ({e}); delete it or set embed.cache_dir") from None
 
     def get_many(self, texts: Iterable[str], tokens: bool) -> dict[str, CachedEmbedding]:
         """The cached entries among `texts` (with tokens when `tokens`; rows lacking them are left out)."""

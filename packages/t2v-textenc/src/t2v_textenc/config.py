@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from t2v_data.config import ConfigError, build
@@ -27,7 +28,8 @@ class EmbedConfig:
             raise ConfigError(f"batch_size: must be positive, got {self.batch_size}")
         if self.dtype != "float32" and not self.device.startswith("cuda"):
             raise ConfigError(f"dtype: {self.dtype} needs a cuda device (device is {self.device!r}); use float32")
-        if self.in_dir is not None and self.in_dir == self.out_dir:
+        same = self.in_dir is not None and self.out_dir is not None
+        if same and Path(self.in_dir).resolve() == Path(self.out_dir).resolve():  # "d" and "d/" are one directory
             raise ConfigError(f"out_dir: must differ from in_dir ({self.in_dir})")
 
 

@@ -77,7 +77,8 @@ def iter_tar(path: str | Path) -> Iterator[RawSample]:
                     current = RawSample(key, [])
                 current.members.append((ext, data))
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ShardError(f"{path}: unreadable tar shard ({e})") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
+        raise ShardError(f"{path}: unreadable tar shard ({first})") from None
     if current is not None:
         yield current
 
