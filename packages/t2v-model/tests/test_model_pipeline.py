@@ -219,3 +219,33 @@ def test_seed_none_draws_a_fresh_seed_without_touching_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
     b = pipe.generate(["a prompt"], steps=1, seed=None)
     assert a.shape == b.shape and not torch.equal(a, b)  # two fresh seeds
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps": 1.5}, "steps: must be an integer"), ({"steps": "2"}, "steps: must be an integer"),
+    ({"guidance": "3"}, "guidance: must be a number"), ({"seed": "0"}, "seed: must be None or an integer"),
+    ({"seed": 2**70}, "seed: must be None or an integer"), ({"seed": -1}, "seed: must be None or an integer"),
+])
+def test_bad_argument_types_are_named(kwargs, message):
+    pipe = make_pipe()
+    with pytest.raises(ValueError, match=message):
+        pipe.generate(["a"], **{"steps": 1, **kwargs})
+
+
+def test_prompts_may_be_any_iterable_and_embeddings_are_checked_up_front():
+    pipe = make_pipe()
+    assert pipe.generate((p for p in ["a", "b"]), steps=1).shape[0] == 2
+    for text, message in ((torch.ones(2, DIM, dtype=torch.long), "floating-point"), (np.ones((2, DIM)), "torch.Tensor"),
+                          (torch.zeros(0, DIM), "B >= 1"), (torch.zeros(2, DIM + 1), r"\(B, 16\)")):
+        with pytest.raises(ValueError, match=f"text: .*{message}"):
+            pipe.generate_from_embeddings(text, steps=1)
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=DIM, attn_heads=2, attn_dim_head=8, cross_attn=True))
+    cross = TextToVideo(model, make_pipe().card, text_encoder=StubEncoder())
+    text = torch.randn(2, DIM)
+    with pytest.raises(ValueError, match=r"tokens: this model attends to caption tokens and needs a tensor \(2, L, 16\)"):
+        cross.generate_from_embeddings(text, tokens=torch.randn(3, 5, DIM), token_mask=torch.ones(3, 5), steps=1)
+    with pytest.raises(ValueError, match=r"token_mask: needs a tensor \(2, 5\), got \(2, 4\)"):
+        cross.generate_from_embeddings(text, tokens=torch.randn(2, 5, DIM), token_mask=torch.ones(2, 4), steps=1)
+    video = cross.generate_from_embeddings(text, tokens=torch.randn(2, 5, DIM), token_mask=torch.ones(2, 5), steps=1)
+    assert video.shape[0] == 2

@@ -56,9 +56,16 @@ class TextToVideo:
                 )
         return self._text_encoder
 
-    def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float) -> None:
+    def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0) -> None:
         """ValueError (naming the argument) for settings `generate` cannot use; cheap, so it runs before any work."""
         num_train = self.diffusion.num_timesteps
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"steps: must be an integer, got {steps!r}")
+        for name, value in (("guidance", guidance), ("eta", eta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed: must be None or an integer in [0, 2**64), got {seed!r}")
         if not 1 <= steps <= num_train:
             raise ValueError(f"steps: must be in [1, {num_train}] (the checkpoint's diffusion timesteps), got {steps}")
         if not math.isfinite(guidance) or guidance < 0:
@@ -69,8 +76,7 @@ class TextToVideo:
             raise ValueError(f"eta: must be in [0, 1], got {eta}")
 
     def embed(self, prompts: Sequence[str]):
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a generator is read once, here
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompts: need one or more non-empty strings")
         return self.text_encoder.encode(list(prompts), tokens=self.card.unet.cross_attn)
@@ -88,7 +94,7 @@ class TextToVideo:
         progress: bool = False,
     ) -> torch.Tensor:
         """Generate one video per prompt: uint8 (B, T, H, W, C). Same seed + same prompts -> the same videos."""
-        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta)
+        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=seed)
         emb = self.embed(prompts)
         return self.generate_from_embeddings(
             emb.pooled, tokens=emb.tokens, token_mask=emb.mask, steps=steps, guidance=guidance, seed=seed,
@@ -110,10 +116,8 @@ class TextToVideo:
         progress: bool = False,
     ) -> torch.Tensor:
         """As `generate`, from pooled caption embeddings (B, D) (and tokens/mask for cross-attention models)."""
-        dim = self.card.unet.cond_dim
-        if text.ndim != 2 or text.shape[1] != dim:
-            raise ValueError(f"text embeddings must be (B, {dim}), got {tuple(text.shape)}")
-        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta)
+        self._check_embeddings(text, tokens, token_mask)
+        self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=seed)
         to = lambda v: None if v is None else v.to(self.device)  # noqa: E731
         text, tokens, token_mask = to(text.float()), to(tokens), to(token_mask)
         geo = self.card.data
@@ -129,6 +133,25 @@ class TextToVideo:
             x = ddpm_sample(denoise, self.diffusion, shape, steps=steps, generator=generator, device=self.device,
                             progress=bar)
         return to_uint8(x)
+
+
+    def _check_embeddings(self, text, tokens, token_mask) -> None:
+        """ValueError naming the argument for embeddings the model cannot take (instead of a shape error deep in it)."""
+        dim = self.card.unet.cond_dim
+        if not isinstance(text, torch.Tensor) or not text.is_floating_point():
+            raise ValueError(f"text: must be a floating-point torch.Tensor (B, {dim}), got "
+                             f"{getattr(text, 'dtype', type(text).__name__)}")
+        if text.ndim != 2 or text.shape[0] < 1 or text.shape[1] != dim:
+            raise ValueError(f"text: embeddings must be (B, {dim}) with B >= 1, got {tuple(text.shape)}")
+        if not self.card.unet.cross_attn:
+            return  # tokens are not used by this model
+        b = text.shape[0]
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[0] != b or tokens.shape[2] != dim:
+            raise ValueError(f"tokens: this model attends to caption tokens and needs a tensor ({b}, L, {dim}), got "
+                             f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else tokens!r}")
+        if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(f"token_mask: needs a tensor {tuple(tokens.shape[:2])}, got "
+                             f"{tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else token_mask!r}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
