@@ -236,7 +236,8 @@ def test_prompts_may_be_any_iterable_and_embeddings_are_checked_up_front():
     pipe = make_pipe()
     assert pipe.generate((p for p in ["a", "b"]), steps=1).shape[0] == 2
     for text, message in ((torch.ones(2, DIM, dtype=torch.long), "floating-point"), (np.ones((2, DIM)), "torch.Tensor"),
-                          (torch.zeros(0, DIM), "B >= 1"), (torch.zeros(2, DIM + 1), r"\(B, 16\)")):
+                          (torch.zeros(0, DIM), "B >= 1"), (torch.zeros(2, DIM + 1), r"\(B, 16\)"),
+                          (torch.full((2, DIM), float("nan")), "NaN")):
         with pytest.raises(ValueError, match=f"text: .*{message}"):
             pipe.generate_from_embeddings(text, steps=1)
     torch.manual_seed(0)

@@ -143,6 +143,8 @@ class TextToVideo:
                              f"{getattr(text, 'dtype', type(text).__name__)}")
         if text.ndim != 2 or text.shape[0] < 1 or text.shape[1] != dim:
             raise ValueError(f"text: embeddings must be (B, {dim}) with B >= 1, got {tuple(text.shape)}")
+        if not torch.isfinite(text).all():
+            raise ValueError("text: embeddings hold NaN or infinite values")
         if not self.card.unet.cross_attn:
             return  # tokens are not used by this model
         b = text.shape[0]
