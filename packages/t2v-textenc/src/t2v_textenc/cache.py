@@ -42,22 +42,17 @@ class EmbeddingCache:
 
     def __init__(self, cache_dir: str | Path | None, encoder_key: str, max_length: int, dim: int):
         self.encoder_key, self.max_length, self.dim = encoder_key, max_length, dim
-        if cache_dir is None:
-            self.path = None
-            self.db = sqlite3.connect(":memory:")
-        else:
-            self.path = Path(cache_dir) / self.FILE
-            try:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        self.path = None if cache_dir is None else Path(cache_dir) / self.FILE
+        try:
+            if self.path is None:
+                self.db = sqlite3.connect(":memory:")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=60)
                 self.db.execute("PRAGMA journal_mode=WAL")
-            except (OSError, sqlite3.Error) as e:
-                raise CacheError(f"{self.path}: unusable embedding cache ({e}); delete it or set embed.cache_dir") \
-                    from None
-        try:
             self.db.execute(_SCHEMA)
             self.db.commit()
-        except sqlite3.Error as e:
+        except (OSError, sqlite3.Error) as e:
             raise CacheError(f"{self.path}: unusable embedding cache ({e}); delete it or set embed.cache_dir") from None
 
     def get_many(self, texts: Iterable[str], tokens: bool) -> dict[str, CachedEmbedding]:

@@ -188,43 +188,42 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ShardError(f"{out_dir}: embed.out_dir exists and is not a directory")
-    # opened before out_dir is touched: a bad cache file must not cost a finished output its manifest
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts_dir = out_dir / PARTS
+
+    def settings(ref: ShardRef) -> dict[str, Any]:
+        return {"text_encoder": info, "input_size": (in_dir / ref.name).stat().st_size,
+                "input_config_hash": manifest.get("config_hash")}
+
+    def done(ref: ShardRef) -> dict[str, Any] | None:
+        part_path = parts_dir / f"{ref.name}.json"
+        if not (out_dir / ref.name).is_file() or not part_path.is_file():
+            return None
+        try:
+            part = json.loads(part_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return part if part.get("settings") == settings(ref) else None
+
+    parts: dict[str, dict[str, Any]] = {}
+    pending = []
+    for ref in refs:
+        part = done(ref)
+        if part is None:
+            pending.append(ref)
+        else:
+            parts[ref.name] = part
+    summary.shards_skipped = len(parts)
+
+    scans = [_scan(in_dir, ref) for ref in tqdm(pending, desc="reading captions", unit="shard",
+                                                disable=not progress or not pending)]
+    captions = list(dict.fromkeys(c for s in scans for c in s.captions))
+    summary.captions = len(captions)
+    cut = {captions[i] for i in encoder.tokenize(captions)[1]} if captions else set()
+    summary.truncated = len(cut)
+
     cache = EmbeddingCache(cfg.cache_dir, f"{info['id']}@{info['weights_hash']}", cfg.max_length, info["dim"])
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        parts_dir = out_dir / PARTS
-
-        def settings(ref: ShardRef) -> dict[str, Any]:
-            return {"text_encoder": info, "input_size": (in_dir / ref.name).stat().st_size,
-                    "input_config_hash": manifest.get("config_hash")}
-
-        def done(ref: ShardRef) -> dict[str, Any] | None:
-            part_path = parts_dir / f"{ref.name}.json"
-            if not (out_dir / ref.name).is_file() or not part_path.is_file():
-                return None
-            try:
-                part = json.loads(part_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return None
-            return part if part.get("settings") == settings(ref) else None
-
-        parts: dict[str, dict[str, Any]] = {}
-        pending = []
-        for ref in refs:
-            part = done(ref)
-            if part is None:
-                pending.append(ref)
-            else:
-                parts[ref.name] = part
-        summary.shards_skipped = len(parts)
-
-        scans = [_scan(in_dir, ref) for ref in tqdm(pending, desc="reading captions", unit="shard",
-                                                    disable=not progress or not pending)]
-        captions = list(dict.fromkeys(c for s in scans for c in s.captions))
-        summary.captions = len(captions)
-        cut = {captions[i] for i in encoder.tokenize(captions)[1]} if captions else set()
-        summary.truncated = len(cut)
-
         missing = cache.missing(captions, cfg.tokens)
         summary.encoded = len(missing)
         if missing:
