@@ -11,7 +11,6 @@ before sampling.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -20,9 +19,9 @@ from pathlib import Path
 
 from t2v_model.allocator import keep_freed_memory
 from t2v_model.checkpoint import CheckpointError
-from t2v_model.pipeline import TextToVideo, resolve_device
+from t2v_model.pipeline import TextToVideo, check_sampling, resolve_device
 from t2v_model.text_encoder import TextEncoderError
-from t2v_model.video_io import VIDEO_FORMATS, save_grid, save_video
+from t2v_model.video_io import output_extension, save_grid, save_video
 
 OUT_HELP = (".mp4 / .gif / .png (any case), or no extension for all three. An existing directory or a path ending in / "
             "gets files named after the prompt inside it, in all three formats. Several prompts -> numbered files "
@@ -87,28 +86,23 @@ def _flag_error(args) -> str | None:
     """The first unusable flag as a one-line message, or None. Cheap checks only: this runs before any loading."""
     if any(not p.strip() for p in args.prompt):
         return "--prompt: must not be empty"
-    if args.steps < 1:
-        return f"--steps: must be >= 1, got {args.steps}"
-    if not math.isfinite(args.guidance) or args.guidance < 0:
-        return f"--guidance: must be a finite number >= 0, got {args.guidance}"
-    if not 0 <= args.eta <= 1:
-        return f"--eta: must be in [0, 1], got {args.eta}"
-    if not 0 <= args.seed < 2**64:
-        return f"--seed: must be in [0, 2**64 - 1], got {args.seed}"
     if args.scale < 1:
         return f"--scale: must be >= 1, got {args.scale}"
-    try:
+    try:  # the library's own checks, each message naming its argument: "steps: ...", "device NAME: ..."
+        check_sampling(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta, seed=args.seed)
         resolve_device(args.device)
     except ValueError as e:
-        return f"--{e}"  # "--device NAME: why"
+        return f"--{e}"
     return _out_error(args.out)
 
 
 def _out_error(out: str) -> str | None:
     path = directory = Path(out)
     if not _is_directory(out):
-        if path.suffix.lower() not in ("", *VIDEO_FORMATS):
-            return f"--out {out}: unsupported extension {path.suffix!r} ({', '.join(VIDEO_FORMATS)} or none for all)"
+        try:
+            output_extension(path)
+        except ValueError as e:  # "<out>: unsupported extension ..."
+            return f"--out {e}"
         directory = path.parent
     existing = next(p for p in (directory, *directory.parents) if p.exists())
     if not existing.is_dir():

@@ -58,28 +58,14 @@ class TextToVideo:
 
     def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0) -> None:
         """ValueError (naming the argument) for settings `generate` cannot use; cheap, so it runs before any work."""
-        num_train = self.diffusion.num_timesteps
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise ValueError(f"steps: must be an integer, got {steps!r}")
-        for name, value in (("guidance", guidance), ("eta", eta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name}: must be a number, got {value!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
-            raise ValueError(f"seed: must be None or an integer in [0, 2**64), got {seed!r}")
-        if not 1 <= steps <= num_train:
-            raise ValueError(f"steps: must be in [1, {num_train}] (the checkpoint's diffusion timesteps), got {steps}")
-        if not math.isfinite(guidance) or guidance < 0:
-            raise ValueError(f"guidance: must be a finite number >= 0, got {guidance}")
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta: must be in [0, 1], got {eta}")
+        check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=seed,
+                       num_train=self.diffusion.num_timesteps)
 
     def embed(self, prompts: Sequence[str]):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a generator is read once, here
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError("prompts: need one or more non-empty strings")
-        return self.text_encoder.encode(list(prompts), tokens=self.card.unet.cross_attn)
+        return self.text_encoder.encode(prompts, tokens=self.card.unet.cross_attn)
 
     @torch.inference_mode()
     def generate(
@@ -154,6 +140,28 @@ class TextToVideo:
         if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != tuple(tokens.shape[:2]):
             raise ValueError(f"token_mask: needs a tensor {tuple(tokens.shape[:2])}, got "
                              f"{tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else token_mask!r}")
+
+
+def check_sampling(*, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0,
+                   num_train: int | None = None) -> None:
+    """ValueError naming the argument for sampling settings no checkpoint can use (with `num_train`, the checkpoint's
+    diffusion timesteps: also more steps than it has). Needs no model, so a CLI can check its flags before loading."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"steps: must be an integer, got {steps!r}")
+    for name, value in (("guidance", guidance), ("eta", eta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: must be a number, got {value!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise ValueError(f"seed: must be None or an integer in [0, 2**64), got {seed!r}")
+    if steps < 1 or (num_train is not None and steps > num_train):
+        bound = ">= 1" if num_train is None else f"in [1, {num_train}] (the checkpoint's diffusion timesteps)"
+        raise ValueError(f"steps: must be {bound}, got {steps}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance: must be a finite number >= 0, got {guidance}")
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta: must be in [0, 1], got {eta}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -94,7 +94,7 @@ def save_video(path: str | Path, video, fps: int = 8, scale: int = 4) -> list[Pa
     path = Path(path)
     writers = {".gif": lambda p: save_gif(p, video, fps, scale), ".mp4": lambda p: save_mp4(p, video, fps, scale),
                ".png": lambda p: save_png(p, contact_sheet([video], scale=scale))}
-    ext = _extension(path)
+    ext = output_extension(path)
     if ext:
         return [writers[ext](path)]
     return [writer(path.with_suffix(e)) for e, writer in writers.items()]
@@ -113,7 +113,7 @@ def save_grid(path: str | Path, videos, fps: int = 8, scale: int = 4, columns: i
         r, c = divmod(i, cols)
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = v
     path = Path(path)
-    ext = _extension(path)
+    ext = output_extension(path)
     animated = {".gif": save_gif, ".mp4": save_mp4}
     out = [write(path if ext else path.with_suffix(e), grid, fps, scale)
            for e, write in animated.items() if ext in (e, "")]
@@ -121,7 +121,7 @@ def save_grid(path: str | Path, videos, fps: int = 8, scale: int = 4, columns: i
     return out
 
 
-def _extension(path: Path) -> str:
+def output_extension(path: Path) -> str:
     """The lower-case extension of an output path ("" for none); ValueError if there is no writer for it."""
     ext = path.suffix.lower()
     if ext and ext not in VIDEO_FORMATS:
