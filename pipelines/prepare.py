@@ -10,10 +10,10 @@ import signal
 import sys
 import threading
 
-from t2v_data.config import ConfigError, build, load_yaml
+from t2v_data.config import ConfigError, load_yaml
 from t2v_data.errors import DataError
 from t2v_data.prepare import finished_shards, run_prepare
-from t2v_data.prepare_config import PrepareConfig
+from t2v_data.prepare_config import prepare_config_from_experiment
 
 
 def _stop(signum, frame):
@@ -32,17 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
     try:
         raw = load_yaml(args.config, args.overrides)
-        data = raw.get("data") or {}
-        if isinstance(data, dict):  # else build() names the bad section
-            if args.workers is not None:
-                data["workers"] = args.workers
-            if data.get("out_dir") is None and isinstance(raw.get("name"), str):
-                data["out_dir"] = f"data/{raw['name']}/raw"  # where the embed stage looks for it (docs/FORMATS.md)
-            raw["data"] = data
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed: expected an integer, got {seed!r}")
-        cfg = build(PrepareConfig, raw.get("data"), "data")
+        cfg = prepare_config_from_experiment(raw, workers=args.workers)
         summary = run_prepare(cfg, seed=seed, overwrite=args.overwrite, progress=not args.quiet)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -24,8 +24,8 @@ import evaluate  # noqa: E402
 import generate  # noqa: E402
 import prepare  # noqa: E402
 import train  # noqa: E402
-from t2v_data.config import ConfigError, build, load_yaml  # noqa: E402
-from t2v_data.prepare_config import PrepareConfig  # noqa: E402
+from t2v_data.config import ConfigError, load_yaml  # noqa: E402
+from t2v_data.prepare_config import prepare_config_from_experiment  # noqa: E402
 from t2v_textenc.config import embed_config_from_experiment  # noqa: E402
 from t2v_train.config import load_experiment  # noqa: E402
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = load_yaml(args.config, args.overrides)
         # every stage's section up front: a typo in train.* should not surface after prepare and embed have run
-        build(PrepareConfig, raw.get("data"), "data")
+        prepare_config_from_experiment(raw)
         embed_config_from_experiment(raw)
         load_experiment(None, raw=raw)
     except ConfigError as e:

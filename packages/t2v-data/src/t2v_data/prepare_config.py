@@ -9,7 +9,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import ConfigError, to_dict
+from .config import ConfigError, build, to_dict
 from .palette import BACKGROUNDS, COLORS, contrasts
 
 SHAPES = ("circle", "square", "triangle", "star")
@@ -195,6 +195,19 @@ class PrepareConfig:
             raise ConfigError("folder.dir: required when source is folder")
 
 
+def prepare_config_from_experiment(raw: dict[str, Any], workers: int | None = None) -> PrepareConfig:
+    """The `data:` section of a whole experiment config, validated; `out_dir` defaults to data/<name>/raw, where the
+    embed stage looks for it (t2v_textenc.embed_config_from_experiment). `workers` overrides data.workers."""
+    data = raw.get("data") or {}
+    if isinstance(data, dict):  # else build() names the bad section
+        data = dict(data)
+        if workers is not None:
+            data["workers"] = workers
+        if data.get("out_dir") is None and isinstance(raw.get("name"), str):
+            data["out_dir"] = f"data/{raw['name']}/raw"
+    return build(PrepareConfig, data, "data")
+
+
 def config_hash(cfg: PrepareConfig, seed: int) -> str:
     """sha256 of the canonical JSON of everything that changes the output (not out_dir/workers, nor the
     sections of other sources)."""
@@ -243,8 +256,7 @@ def _check_names(where: str, values: list[str], known) -> None:
     if not values:
         raise ConfigError(f"{where}: must not be empty")
     for i, v in enumerate(values):
-        if v not in known:
-            raise ConfigError(f"{where}[{i}]: unknown value {v!r} (known: {', '.join(known)})")
+        _check_name(f"{where}[{i}]", v, known)
     if len(set(values)) != len(values):
         raise ConfigError(f"{where}: duplicate entries")
 
