@@ -48,8 +48,7 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": card.format})
-        keep_umask_mode(tmp / WEIGHTS)  # safetensors creates its files owner-only (0600)
+        save_safetensors(state, tmp / WEIGHTS, metadata={"format": card.format})
         (tmp / CONFIG).write_text(json.dumps(to_dict(card), indent=2) + "\n")
         keep_umask_mode(tmp, directory=True)
         replace_dir(tmp, directory)
@@ -57,6 +56,12 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with the umask's file mode: it creates its files owner-only (0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    keep_umask_mode(path)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from t2v_model.video_io import keep_umask_mode
+from t2v_model.checkpoint import save_safetensors
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE = "state.json"
@@ -159,8 +159,7 @@ def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scal
                 keep: int) -> Path:
     """Rank 0: write the shared files, state.json last, then rename the directory into place and prune."""
     for name, module in (("model.safetensors", model), ("ema.safetensors", ema)):
-        save_file(tensors_of(module), str(tmp / name))
-        keep_umask_mode(tmp / name)  # safetensors creates its files owner-only (0600)
+        save_safetensors(tensors_of(module), tmp / name)
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
     _torch_save(scaler.state_dict() if scaler is not None else {}, tmp / "scaler.pt")
     with open(tmp / STATE, "w") as f:
