@@ -267,3 +267,29 @@ def test_pipeline_default_out_dir_is_where_embed_looks(tmp_path, monkeypatch, ca
     cfg.write_text("name: noout\ndata:\n  num_samples: 6\n  frames: 4\n  size: 16\n")
     assert _pipeline().main(["--config", str(cfg), "--quiet"]) == 0
     assert (tmp_path / "data" / "noout" / "raw" / "manifest.json").is_file()
+
+
+def test_interrupt_outside_the_writers_cleanup_leaves_no_temp_file(tmp_path, monkeypatch):
+    # Ctrl-C (or a worker's SIGTERM) can land where the writer's own cleanup does not reach, e.g. in close()
+    # before the rename; the run removes the temp files on the way out, and a re-run gives the usual shards.
+    import t2v_data.prepare as prepare
+
+    close = prepare.ShardWriter.close
+    calls = []
+
+    def interrupted_close(self):
+        calls.append(self.path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return close(self)
+
+    monkeypatch.setattr(prepare.ShardWriter, "close", interrupted_close)
+    out = tmp_path / "a"
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(cfg_for(out, workers=1), seed=0, progress=False)
+    assert len(calls) == 2 and len(list(out.glob("*.tar"))) == 1
+    assert not list(out.rglob(".*.tmp"))
+    monkeypatch.setattr(prepare.ShardWriter, "close", close)
+    run_prepare(cfg_for(out, workers=1), seed=0, progress=False)
+    run_prepare(cfg_for(tmp_path / "b", workers=1), seed=0, progress=False)
+    assert tars(out) == tars(tmp_path / "b")

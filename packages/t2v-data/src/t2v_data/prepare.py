@@ -157,6 +157,11 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
                 for rec in pool.imap_unordered(_worker_task, todo):
                     records[rec.name] = rec
                     bar.update(len(rec.planned))
+    except BaseException:
+        # The workers are stopped (the pool joins them). One stopped between creating a temp file and its own
+        # cleanup leaves the file behind, so the temp files go here too.
+        _remove_temp(out)
+        raise
     finally:
         bar.close()
 
@@ -327,16 +332,29 @@ def _clear(out: Path) -> None:
         if (
             SHARD_RE.match(p.name)
             or p.name in (MANIFEST, REJECTS)
-            or (p.name.startswith(".") and p.name.endswith(".tmp"))
+            or _is_temp(p)
         ):
             p.unlink()
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
 
 
+def _is_temp(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def _remove_temp(out: Path) -> None:
+    """Temp files of an unfinished shard or record (one run per out_dir at a time)."""
+    for d in (out, out / STATE_DIR):
+        for p in d.iterdir() if d.is_dir() else ():
+            if _is_temp(p):
+                p.unlink(missing_ok=True)
+
+
 def _remove_stale(out: Path, planned: set[str]) -> None:
-    """Shards (and records) of an earlier listing that the current plan no longer has."""
+    """Shards (and records) of an earlier listing that the current plan no longer has, and leftover temp files."""
+    _remove_temp(out)
     for p in out.iterdir():
-        if (SHARD_RE.match(p.name) and p.name not in planned) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+        if SHARD_RE.match(p.name) and p.name not in planned:
             p.unlink()
     for p in (out / STATE_DIR).glob("*.tar.json"):
         if p.name.removesuffix(".json") not in planned:
