@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def _out_error(out: str) -> str | None:
     existing = next(p for p in (directory, *directory.parents) if p.exists())
     if not existing.is_dir():
         return f"--out {out}: {existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out {out}: {existing} is not writable"
+    try:  # creating a file is the test that holds for root too (os.access says yes to /proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        return f"--out {out}: {existing} is not writable ({e.strerror or e})"
     return None
 
 

@@ -78,6 +78,15 @@ def test_bad_flags_are_one_line_errors_before_sampling(checkpoint, tmp_path, mon
     assert expected in _one_line_error(capsys, "--")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_unwritable_out_is_refused_before_sampling_also_as_root(checkpoint, capsys, monkeypatch):
+    # os.access says /proc is writable to root; only creating a file tells
+    monkeypatch.setattr(generate.TextToVideo, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--out", "/proc/v.gif"])
+    assert rc == 2
+    assert "--out /proc/v.gif: /proc is not writable" in _one_line_error(capsys, "--")
+
+
 def test_a_missing_text_encoder_is_a_one_line_error(checkpoint, tmp_path, capsys):
     ckpt = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
     card = json.loads((ckpt / "config.json").read_text())

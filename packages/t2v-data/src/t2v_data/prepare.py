@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -286,8 +287,11 @@ def _make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{out}: unusable data.out_dir ({e.strerror or e})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise DataError(f"{out}: unusable data.out_dir (not writable)")
+    try:  # creating a file is the test that holds for root too (os.access says yes to a read-only mount)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise DataError(f"{out}: unusable data.out_dir (not writable: {e.strerror or e})") from None
 
 
 def _check_stage(out: Path) -> None:
