@@ -238,3 +238,34 @@ def test_failed_runs_keep_the_finished_dataset_and_do_not_block_a_new_config(tmp
     (d / "fade.txt").write_text("a colour fade")
     s = run_prepare(folder_cfg(d, out2, size=24), seed=0, progress=False)  # another config, no shards to protect
     assert s.counts["train"] + s.counts["val"] == 1 and s.rejects == 0 and rejects(out2) == {}
+
+
+def test_resume_redoes_the_shards_whose_captions_or_videos_changed(tmp_path):
+    import hashlib
+    import os
+
+    d = tmp_path / "clips"
+    d.mkdir()
+    for name in ("a", "b", "c"):
+        gif(d / f"{name}.gif", 6)
+        (d / f"{name}.txt").write_text(f"clip {name} in red")
+    out = tmp_path / "out"
+    cfg = folder_cfg(d, out, shard_max_samples=1, val_fraction=0.0)
+    first = run_prepare(cfg, seed=0, progress=False)
+    assert first.written == 3
+    for sh in read_manifest(out)["splits"]["train"]["shards"]:
+        assert sh["sha256"] == hashlib.sha256((out / sh["name"]).read_bytes()).hexdigest()
+
+    (d / "b.txt").write_text("clip b in tan")  # same length, so the shard's size would not tell
+    again = run_prepare(cfg, seed=0, progress=False)
+    assert (again.written, again.skipped) == (1, 2)
+    assert all_samples(out)["b.gif"]["meta"]["captions"] == ["clip b in tan"]
+
+    st = (d / "c.gif").stat()
+    gif(d / "c.gif", 5)  # a replaced video
+    os.utime(d / "c.gif", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = run_prepare(cfg, seed=0, progress=False)
+    assert (again.written, again.skipped) == (1, 2)
+    assert run_prepare(cfg, seed=0, progress=False).written == 0
+    shas = {sh["name"]: sh["sha256"] for sh in read_manifest(out)["splits"]["train"]["shards"]}
+    assert shas == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.tar")}

@@ -103,3 +103,9 @@ class Counter:
 @pytest.fixture
 def counter(encoder, monkeypatch) -> Counter:
     return Counter(encoder, monkeypatch)
+
+
+@pytest.fixture
+def make_raw():
+    """(write_raw, sample), for tests that build raw shards of their own."""
+    return write_raw, sample

@@ -183,3 +183,32 @@ def test_out_dir_must_be_another_directory_than_in_dir(raw_dir, tmp_path, encode
     with pytest.raises(ShardError, match="afile: embed.out_dir exists and is not a directory"):
         run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "afile"), cache_dir=None), encoder=encoder,
                   progress=False)
+
+
+def test_a_raw_shard_changed_to_the_same_size_is_redone(tmp_path, encoder, make_raw):
+    import hashlib
+
+    write_raw, sample = make_raw
+
+    def with_sha256(directory):
+        m = json.loads((directory / "manifest.json").read_text())
+        for info in m["splits"].values():
+            for sh in info["shards"]:
+                sh["sha256"] = hashlib.sha256((directory / sh["name"]).read_bytes()).hexdigest()
+        (directory / "manifest.json").write_text(json.dumps(m))
+
+    raw = write_raw(tmp_path / "raw2", {"train-000000.tar": [sample(0, ["a red ball"])],
+                                         "val-000000.tar": [sample(1, ["a blue cube"])]})
+    with_sha256(raw)
+    cfg = EmbedConfig(in_dir=str(raw), out_dir=str(tmp_path / "emb"), cache_dir=None)
+    run_embed(cfg, encoder=encoder, progress=False)
+    size = (raw / "train-000000.tar").stat().st_size
+    write_raw(raw, {"train-000000.tar": [sample(0, ["a tan ball"])], "val-000000.tar": [sample(1, ["a blue cube"])]})
+    assert (raw / "train-000000.tar").stat().st_size == size
+    with_sha256(raw)
+    again = run_embed(cfg, encoder=encoder, progress=False)
+    assert (again.shards_written, again.shards_skipped) == (1, 1)
+    (s,) = iter_tar(tmp_path / "emb" / "train-000000.tar")
+    assert json.loads(s.get("meta.json"))["captions"] == ["a tan ball"]
+    text = torch.from_numpy(load_npy(s.get("text.npy")).astype(np.float32))
+    torch.testing.assert_close(text, encoder.encode(["a tan ball"]).pooled, atol=1e-3, rtol=1e-3)

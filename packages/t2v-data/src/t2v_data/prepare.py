@@ -38,6 +38,7 @@ class ShardPlan:
     split: str
     index: int
     items: list[WorkItem]
+    inputs: str = ""  # inputs_digest(self), set when planned
 
     @property
     def name(self) -> str:
@@ -50,6 +51,8 @@ class ShardRecord:
     count: int
     rejects: list[dict[str, str]]
     planned: list[str]
+    inputs: str = ""  # the plan's inputs_digest when the shard was written
+    sha256: str = ""  # of the shard file ("" when every input was rejected)
 
 
 @dataclass
@@ -121,6 +124,8 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     if not items:
         raise DataError(f"{cfg.source}: no usable inputs ({_rejects_note(out, rejects)})")
     plans = plan_shards(items, cfg)
+    for p in plans:
+        p.inputs = inputs_digest(p)
     planned = {p.name for p in plans}
     stale = [p for p in out.iterdir() if SHARD_RE.match(p.name) and p.name not in planned]
     records: dict[str, ShardRecord] = {}
@@ -172,7 +177,7 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     for p in plans:
         rec = records[p.name]
         if rec.count:
-            splits[p.split]["shards"].append({"name": p.name, "count": rec.count})
+            splits[p.split]["shards"].append({"name": p.name, "count": rec.count, "sha256": rec.sha256})
             splits[p.split]["count"] += rec.count
     total = sum(s["count"] for s in splits.values())
     if not total:
@@ -220,12 +225,14 @@ def _write_shard(plan: ShardPlan, maker: SampleMaker, out: Path, cfg: PrepareCon
     except BaseException:
         writer.abort()
         raise
+    sha256 = ""
     if writer.count:
         writer.close()
+        sha256 = writer.sha256
     else:  # every input of this shard was rejected: no empty tar
         writer.abort()
         (out / plan.name).unlink(missing_ok=True)
-    rec = ShardRecord(plan.name, writer.count, rejects, [it.key for it in plan.items])
+    rec = ShardRecord(plan.name, writer.count, rejects, [it.key for it in plan.items], plan.inputs, sha256)
     write_json_atomic(out / STATE_DIR / f"{plan.name}.json", rec.__dict__)
     return rec
 
@@ -275,9 +282,27 @@ def _load_record(out: Path, plan: ShardPlan) -> ShardRecord | None:
         rec = ShardRecord(**data)
     except TypeError:
         return None
-    if rec.planned != [it.key for it in plan.items] or (rec.count and not (out / plan.name).is_file()):
+    if rec.planned != [it.key for it in plan.items] or rec.inputs != plan.inputs:
+        return None
+    if rec.count and not ((out / plan.name).is_file() and rec.sha256):
         return None
     return rec
+
+
+def inputs_digest(plan: ShardPlan) -> str:
+    """What a shard is made from: its items and, for file inputs, their captions, attributes, size and mtime, so that
+    a resumed run redoes a shard whose caption file or video changed (a finished shard is never read back)."""
+    h = hashlib.sha256()
+    for it in plan.items:
+        row: list[Any] = [it.key, it.index, it.path, it.captions, it.attributes]
+        if it.path is not None:
+            try:
+                st = os.stat(it.path)
+                row += [st.st_size, st.st_mtime_ns]
+            except OSError:
+                row.append(None)
+        h.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+    return h.hexdigest()
 
 
 def _make_out_dir(out: Path) -> None:

@@ -8,6 +8,7 @@ reader helpers the embed and train stages use.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -60,6 +61,20 @@ def tar_bytes(member_sizes) -> int:
     return sum(512 + -(-n // 512) * 512 for n in member_sizes)
 
 
+class _HashingWriter:
+    """The file object tarfile writes to: hashes the bytes on their way to the file."""
+
+    def __init__(self, file: IO[bytes], digest):
+        self.file, self.digest = file, digest
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class ShardWriter:
     """Writes one tar shard with reproducible bytes (fixed mtime/owner, members in the order written).
 
@@ -77,7 +92,13 @@ class ShardWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._hash = hashlib.sha256()
+        self._tar = tarfile.open(fileobj=_HashingWriter(self._file, self._hash), mode="w", format=tarfile.USTAR_FORMAT)
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the bytes written so far (of the whole file once closed)."""
+        return self._hash.hexdigest()
 
     def fits(self, nbytes: int) -> bool:
         if self.max_samples is not None and self.count >= self.max_samples:
@@ -183,6 +204,8 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
             not isinstance(s, dict) or "name" not in s or "count" not in s for s in shards
         ):
             raise DataError(f"{path}: splits.{split}.shards must be a list of {{name, count}}")
+        if any(not isinstance(s.get("sha256", ""), str) for s in shards):
+            raise DataError(f"{path}: splits.{split}.shards: sha256 must be a hex string")
         if sum(s["count"] for s in shards) != info.get("count"):
             raise DataError(f"{path}: splits.{split}.count does not equal the sum of its shard counts")
         for s in shards:

@@ -192,8 +192,10 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     parts_dir = out_dir / PARTS
 
     def settings(ref: ShardRef) -> dict[str, Any]:
+        # the raw shard's sha256 catches a caption edit of the same length, which its size alone does not
+        extra = {"input_sha256": ref.sha256} if ref.sha256 else {}
         return {"text_encoder": info, "input_size": (in_dir / ref.name).stat().st_size,
-                "input_config_hash": manifest.get("config_hash")}
+                "input_config_hash": manifest.get("config_hash"), **extra}
 
     def done(ref: ShardRef) -> dict[str, Any] | None:
         part_path = parts_dir / f"{ref.name}.json"

@@ -34,6 +34,7 @@ class ShardRef:
     split: str
     name: str
     count: int
+    sha256: str = ""  # of the raw shard, when its manifest records it
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def shard_refs(manifest: dict[str, Any]) -> list[ShardRef]:
-    return [ShardRef(split, s["name"], int(s.get("count", 0)))
+    return [ShardRef(split, s["name"], int(s.get("count", 0)), str(s.get("sha256", "")))
             for split, info in manifest["splits"].items() for s in info["shards"]]
 
 
