@@ -163,6 +163,8 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
                 for rec in pool.imap_unordered(_worker_task, todo):
                     records[rec.name] = rec
                     bar.update(len(rec.planned))
+                pool.close()  # let the idle workers exit on their own; the block's terminate() is for failures
+                pool.join()
     except BaseException:
         # The workers are stopped (the pool joins them). One stopped between creating a temp file and its own
         # cleanup leaves the file behind, so the temp files go here too.
@@ -248,7 +250,9 @@ def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
 
 
 def _worker_exit(signum, frame):
-    raise SystemExit(128 + signum)
+    if _worker.get("writing"):
+        raise SystemExit(128 + signum)  # unwind through the shard writer, which removes its temp file
+    os._exit(128 + signum)  # idle: nothing to clean up (raising here can land in interpreter shutdown and print)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -265,7 +269,11 @@ def _exit_with_parent(parent: int) -> None:
 
 def _worker_task(plan: ShardPlan) -> ShardRecord:
     cfg = _worker["cfg"]
-    return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
+    _worker["writing"] = True
+    try:
+        return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
+    finally:
+        _worker["writing"] = False
 
 
 def finished_shards(out_dir: str | Path) -> int:
