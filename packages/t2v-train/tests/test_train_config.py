@@ -153,3 +153,54 @@ def test_cli_names_a_damaged_shard_read_by_a_worker(damaged_shards, shards, tiny
     assert train_cli.main(["--config", config, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {bad / 'train-000001.tar'}: unreadable tar shard (unexpected end of data)\n"
+
+
+def test_a_bad_device_is_a_config_error(tmp_path, capsys, monkeypatch):
+    config = tmp_path / "exp.yaml"
+    config.write_text("name: x\ntrain: {steps: 10}\n")
+    assert train_cli.main(["--config", str(config), "train.device=gpu0"]) == 2
+    assert capsys.readouterr().err == "config error: train.device: expected auto, cpu, cuda or cuda:N, got 'gpu0'\n"
+    with pytest.raises(ConfigError, match=r"^evaluate\.device: expected auto"):
+        load_experiment(config, ["evaluate.device=cuda:x"])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert train_cli.main(["--config", str(config), "train.device=cuda"]) == 2
+    assert capsys.readouterr().err == "config error: train.device: 'cuda:0' requested but CUDA is not available\n"
+
+
+def test_an_unusable_out_dir_is_one_line(shards, tiny_raw, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "file", steps=1))
+    assert train_cli.main(["--config", config, "--quiet"]) == 1
+    assert capsys.readouterr().err == f"error: train.out_dir: {tmp_path / 'file'} exists and is not a directory\n"
+    config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "file" / "run", steps=1))
+    assert train_cli.main(["--config", config, "--quiet"]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(shards, tiny_raw, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    try:
+        rc = train_cli.main(["--config", cli_config(tmp_path, tiny_raw(shards, tmp_path / "run")), "--quiet"])
+    except KeyboardInterrupt:  # not re-raised: it would stop the whole pytest session
+        pytest.fail("Ctrl-C ended train.py with a traceback")
+    assert rc == 130
+    assert capsys.readouterr().err.startswith("interrupted: the checkpoints written so far are kept")
+
+
+def test_a_rank_that_lost_its_peer_says_so_in_one_line(shards, tiny_raw, tmp_path, capsys, monkeypatch):
+    def peer_gone(*args, **kwargs):  # what gloo raises in rank 0 when rank 1 exited with an error
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9627. This is "
+                           "typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(train_cli, "train", peer_gone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "run"))
+    assert train_cli.main(["--config", config, "--quiet"]) == 1
+    assert capsys.readouterr().err == "error: rank 0: stopped because another rank failed (see its error)\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process has no peer: the error is not disguised
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        train_cli.main(["--config", config, "--quiet"])

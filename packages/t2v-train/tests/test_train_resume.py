@@ -3,11 +3,13 @@ set the old one aside; damaged checkpoint files are named."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +170,62 @@ def test_checkpoint_files_follow_the_umask(make_experiment):
     files = list(step_dir(make_experiment().out_dir / "checkpoints", 1).iterdir())
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o640" for f in files}
     assert "model.safetensors" in {f.name for f in files}
+
+
+def test_a_torn_metrics_line_does_not_stop_the_resume(make_experiment):
+    exp = make_experiment(steps=2, checkpoint_every=1)
+    train(exp, progress=False)
+    with open(exp.out_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.4')  # a process killed in the middle of writing a row
+    assert train(make_experiment(steps=3, checkpoint_every=1), progress=False)["step"] == 3
+    assert sorted(losses(exp.out_dir)) == [1, 2, 3]
+    assert not list(exp.out_dir.glob(".metrics*"))
+
+
+def test_the_resume_flag_resumes_even_when_the_config_says_never(shards, tiny_raw, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "pipelines"))
+    import train as train_cli
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(json.dumps(tiny_raw(shards, tmp_path / "run", steps=2, checkpoint_every=1, resume="never")))
+    assert train_cli.main(["--config", str(config), "--quiet"]) == 0
+    capsys.readouterr()
+    assert train_cli.main(["--config", str(config), "--quiet", "--resume", "train.steps=3"]) == 0
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-000002'} (step 2)" in capsys.readouterr().out
+    assert not list((tmp_path / "run").glob("replaced-*")) and sorted(losses(tmp_path / "run")) == [1, 2, 3]
+
+
+def test_a_kill_while_pruning_or_replacing_never_leaves_a_half_checkpoint(tmp_path, monkeypatch):
+    import t2v_train.checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        d = step_dir(root, step)
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"weights")
+        (d / "state.json").write_text(json.dumps({"step": step}))
+
+    def killed_rmtree(path, ignore_errors=False):  # removes one file, then the process dies
+        if Path(path).exists():
+            (Path(path) / "model.safetensors").unlink(missing_ok=True)
+            raise KeyboardInterrupt
+
+    def whole():
+        return all((c.path / "model.safetensors").is_file() for c in list_checkpoints(root))
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.prune(root, keep=2)
+    assert [c.step for c in list_checkpoints(root)] == [2, 3] and whole()
+
+    # the final save of a step that already has a checkpoint (e.g. a periodic save at the last step)
+    monkeypatch.undo()
+    tmp = ckpt.begin_save(root, 3)  # also removes what the killed prune left
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == [tmp.name]
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.finish_save(tmp, root, 3, model=model, ema=model, optimizer=opt, scaler=None, state={}, keep=2)
+    assert [c.step for c in list_checkpoints(root)] == [2, 3] and whole()
+    assert (step_dir(root, 3) / "optimizer.pt").is_file()  # the new one

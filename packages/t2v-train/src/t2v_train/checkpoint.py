@@ -107,7 +107,16 @@ def _has_data(path: Path) -> bool:
 
 def prune(root: str | Path, keep: int) -> None:
     for ckpt in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(ckpt.path, ignore_errors=True)
+        _remove_dir(ckpt.path)
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of the checkpoint names first, so that a crash mid-delete never leaves a half-deleted checkpoint
+    that still counts as one (what is left is removed by the next begin_save)."""
+    gone = path.with_name(f".{path.name}.removed.tmp")
+    shutil.rmtree(gone, ignore_errors=True)  # a leftover of an earlier crash: os.replace needs the name free
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def tensors_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -167,10 +176,13 @@ def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scal
         f.flush()
         os.fsync(f.fileno())
     final = step_dir(root, step)
+    old = final.with_name(f".{final.name}.replaced.tmp")
     if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
-        shutil.rmtree(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)  # the older copy stays whole until the new one is in place
     os.replace(tmp, final)
     _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
     prune(root, keep)
     return final
 

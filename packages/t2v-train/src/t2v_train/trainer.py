@@ -108,6 +108,8 @@ class Trainer:
             raise TrainingError(f"model.unet.channels: {unet.channels} but the shards in {exp.data_dir} have "
                                 f"{self.geometry['channels']}")
         self.out = exp.out_dir
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingError(f"train.out_dir: {self.out} exists and is not a directory")
         self.ckpt_root = self.out / "checkpoints"
         if device.type == "cuda" and cfg.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
