@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, TextEncoderError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     print(format_table(result))
     return 0
 

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), rc=1)
     except ValueError as e:  # a sampling setting the cheap checks could not judge
         return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - start
 
     fps, written, problem = pipe.card.data.fps, [], None
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             written += save_grid(grid_path, videos, fps=fps, scale=args.scale)
     except OSError as e:  # checked up front, so rare (disk full, ...): still list what was written
         problem = f"--out: cannot write {e.filename or args.out}: {e.strerror or e}"
+    except KeyboardInterrupt:  # each file is written whole or not at all
+        print(f"interrupted: {len(written)} file(s) written", file=sys.stderr)
+        return 130
     print(f"{len(videos)} video(s) in {seconds:.1f} s ({args.steps} {args.sampler} steps, guidance {args.guidance})")
     for path in written:
         print(f"  {path}")

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rc = run()
         print(f"--- {name}: {time.perf_counter() - start:.0f} s", flush=True)
+        if rc == 130:
+            print(f"quickstart stopped: interrupted in the {name} stage; the same command resumes", file=sys.stderr)
+            return rc
         if rc != 0:
             print(f"quickstart stopped: the {name} stage failed (exit {rc})", file=sys.stderr)
             return rc

@@ -87,6 +87,16 @@ def test_an_unwritable_out_is_refused_before_sampling_also_as_root(checkpoint, c
     assert "--out /proc/v.gif: /proc is not writable" in _one_line_error(capsys, "--")
 
 
+def test_ctrl_c_while_sampling_is_one_line_and_exit_130(checkpoint, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate.TextToVideo, "generate", interrupted)
+    rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--out", str(tmp_path / "v.gif")])
+    assert rc == 130 and capsys.readouterr().err == "interrupted: nothing was written\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_missing_text_encoder_is_a_one_line_error(checkpoint, tmp_path, capsys):
     ckpt = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
     card = json.loads((ckpt / "config.json").read_text())

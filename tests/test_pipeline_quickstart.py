@@ -65,3 +65,14 @@ def test_quickstart_checks_every_section_before_the_first_stage(tmp_path, capsys
     assert quickstart.main(["--config", config, "model.unet.dim=-1", "--quiet", f"data.out_dir={tmp_path}/raw"]) == 2
     assert capsys.readouterr().err.startswith("config error: model.unet.dim")
     assert not (tmp_path / "raw").exists()  # prepare never ran
+
+
+def test_quickstart_says_which_stage_was_interrupted(monkeypatch, capsys):
+    def interrupted(argv):  # as prepare/embed/train do on Ctrl-C: one line, then 130
+        print("interrupted: ...", file=sys.stderr)
+        return 130
+
+    monkeypatch.setattr(quickstart.prepare, "main", interrupted)
+    assert quickstart.main(["--config", str(ROOT / "configs" / "quickstart.yaml")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted in the prepare stage; the same command resumes" in err and "failed" not in err
