@@ -212,6 +212,9 @@ def test_tiny_unet_overfits_one_batch():
 
 
 def test_config_validation_names_the_key():
+    with pytest.raises(ModelConfigError, match="attn_dim_head: must be even when below 32, got 3"):
+        UnetConfig(attn_dim_head=3).validate()
+    UnetConfig(attn_dim_head=33).validate()  # rotary uses 32 of its channels
     with pytest.raises(ModelConfigError, match="resnet_groups"):
         Unet3D(UnetConfig(dim=12, resnet_groups=8))
     with pytest.raises(ModelConfigError, match="init_kernel_size"):

@@ -1,7 +1,7 @@
 """Attention layers of the Unet3D.
 
 Inside the network a video is kept as frames folded into the batch, `(B*T, C, H, W)`, so every spatial op is a
-plain 2D op; temporal attention regroups the same tensor as `(B*H*W, T, C)`.
+plain 2D op; temporal attention regroups the same tensor frame-major, as `(T, B*H*W, C)`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ class RelativePositionBias(nn.Module):
 
     @staticmethod
     def bucket(relative_position: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+        """T5's bidirectional bucketing: half the buckets for each direction; distances below a quarter of
+        `num_buckets` get a bucket each, larger ones share log-spaced buckets up to `max_distance`, and any
+        farther one falls in the last."""
         n = -relative_position
         half = num_buckets // 2
         ret = (n < 0).long() * half
@@ -86,7 +89,7 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
 
 class TemporalAttention(nn.Module):
     """Self-attention across the frames of every pixel: rotary embeddings on q/k and a learned relative position
-    bias added to the logits, softmax(q k^T / sqrt(d) + bias) v, through SDPA (the bias is the attention mask).
+    bias added to the logits, softmax(q k^T / sqrt(d) + bias) v (`frame_attention`).
 
     Frame-major layout `(T, B*H*W, C)`: q and k are batched matmuls over frames with the rotary rotation folded into
     each frame's weights (`rotate_rows`); v is a plain matmul."""

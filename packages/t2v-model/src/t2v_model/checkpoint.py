@@ -31,7 +31,8 @@ class CheckpointError(RuntimeError):
 
 def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Path:
     """Save `model`'s weights (pass the EMA model for inference) and `card` atomically into `directory`, which must
-    be new, empty, or an earlier checkpoint (replaced whole); anything else there is refused, not deleted."""
+    be new, empty, or an earlier checkpoint (replaced whole); anything else there is refused, not deleted.
+    `card.unet` is set to `model.config`: the weights define the architecture."""
     directory = Path(directory)
     if not directory.name:
         raise CheckpointError(f"{str(directory)!r}: not a directory name to save a checkpoint to")

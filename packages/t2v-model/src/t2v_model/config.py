@@ -4,6 +4,8 @@ dataclasses of JSON types with a strict `from_dict` (unknown keys and bad values
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +39,8 @@ class UnetConfig:
 
     def validate(self) -> None:
         _positive(self, "dim", "channels", "cond_dim", "attn_heads", "attn_dim_head", "resnet_groups")
+        if self.attn_dim_head < 32 and self.attn_dim_head % 2:  # rotary turns channel pairs, on min(32, dh) of them
+            raise ModelConfigError(f"attn_dim_head: must be even when below 32, got {self.attn_dim_head}")
         if self.init_kernel_size < 1 or self.init_kernel_size % 2 == 0:
             raise ModelConfigError(f"init_kernel_size: must be a positive odd number, got {self.init_kernel_size}")
         if not self.dim_mults or any(m < 1 for m in self.dim_mults):
@@ -144,7 +148,7 @@ def from_dict(cls: type, data: Any, where: str = ""):
     if unknown:
         raise ModelConfigError(f"{prefix}{unknown[0]}: unknown key")
     kwargs = {}
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)  # resolves the string annotations of `from __future__ import annotations`
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
@@ -172,16 +176,7 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(cls)
-
-
 def _check_scalar(tp: Any, value: Any, where: str) -> Any:
-    import types
-    import typing
-
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

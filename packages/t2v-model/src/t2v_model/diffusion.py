@@ -57,7 +57,7 @@ def make_betas(schedule: str, timesteps: int, shift: float = 1.0) -> torch.Tenso
 
 @dataclass
 class ModelOutput:
-    """What one denoiser evaluation gives, converted to all parameterisations."""
+    """One denoiser evaluation as the samplers use it, whatever the model predicts: eps and x_0."""
 
     eps: torch.Tensor
     x0: torch.Tensor
@@ -66,7 +66,8 @@ class ModelOutput:
 class GaussianDiffusion:
     """The forward process q, the posterior q(x_{t-1} | x_t, x_0), parameterisation conversions and the loss.
 
-    Stateless apart from the schedule tensors; `.to(device)` moves them. The denoiser is passed in, never owned."""
+    Stateless apart from the schedule tensors (float64 in `_f64`, float32 copies made per device on first use by
+    `_get`). The denoiser is passed in, never owned."""
 
     def __init__(self, config: DiffusionConfig | None = None, betas: torch.Tensor | None = None):
         self.config = config or DiffusionConfig()
@@ -202,9 +203,9 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)`.
 
-        Unless given, t ~ U{0..T-1}, eps ~ N(0, I) and the caption is dropped with probability `null_cond_prob` (so the
-        null embedding is trained for classifier-free guidance). With `min_snr_gamma`, each sample is weighted by
-        min(SNR, gamma) expressed for the chosen prediction target (Hang et al. 2023)."""
+        Unless given, t comes from `sample_timesteps` (uniform but for the `prior_fraction` share), eps ~ N(0, I) and
+        the caption is dropped with probability `null_cond_prob` (so the null embedding is trained for classifier-free
+        guidance). With `min_snr_gamma`, each sample is weighted by `min_snr_weight`."""
         b, device = x0.shape[0], x0.device
         if t is None:
             t = self.sample_timesteps(b, device, generator, prior_fraction)
@@ -214,16 +215,21 @@ class GaussianDiffusion:
             drop_text = torch.rand(b, device=device, generator=generator) < self.config.null_cond_prob
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t, text, tokens=tokens, token_mask=token_mask, drop_text=drop_text)
-        target = {"eps": noise, "x0": x0, "v": None}[self.config.prediction]
-        if target is None:
+        if self.config.prediction == "eps":
+            target = noise
+        elif self.config.prediction == "x0":
+            target = x0
+        else:
             target = self.v_target(x0, t, noise)
-        err = (out.float() - target.float())
+        err = out.float() - target.float()
         per_sample = (err.abs() if self.config.loss == "l1" else err.square()).flatten(1).mean(1)
         if self.config.min_snr_gamma is not None:
             per_sample = per_sample * self.min_snr_weight(t)
         return per_sample.mean()
 
     def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """The weight min(SNR, gamma) of the x_0 loss (Hang et al. 2023), carried over to the chosen target: the eps
+        loss is SNR times the x_0 loss and the v loss (SNR + 1) times it, so their weights divide by that factor."""
         snr = self._get("snr", t.device)[t.long()]
         clipped = snr.clamp(max=self.config.min_snr_gamma)
         pred = self.config.prediction

@@ -120,7 +120,6 @@ class TextToVideo:
                             progress=bar)
         return to_uint8(x)
 
-
     def _check_embeddings(self, text, tokens, token_mask) -> None:
         """ValueError naming the argument for embeddings the model cannot take (instead of a shape error deep in it)."""
         dim = self.card.unet.cond_dim

@@ -119,8 +119,9 @@ def ddpm_sample(
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     iterator = progress(list(range(len(ts)))) if progress else range(len(ts))
     for i in iterator:
-        # index into the (possibly respaced) chain, counting down; the model sees the original timestep
-        j = len(ts) - 1 - i if sub is not diffusion else ts[i]
+        # index into the (possibly respaced) chain, counting down (ts[i] itself when not respaced); the model sees
+        # the original timestep
+        j = len(ts) - 1 - i
         x = ddpm_step(denoise, sub, x, j, ts[i], generator=generator, clip=clip)
     return x
 

@@ -71,11 +71,12 @@ class Block(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """Two Blocks with a residual; FiLM scale/shift from the conditioning vector [time ; text]."""
+    """Two Blocks with a residual; FiLM scale/shift from the per-frame conditioning vector (see Unet3D.forward).
+    `film_dim` None: no conditioning (the final block)."""
 
-    def __init__(self, dim: int, dim_out: int, cond_dim: int | None, groups: int):
+    def __init__(self, dim: int, dim_out: int, film_dim: int | None, groups: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim_out * 2)) if cond_dim else None
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(film_dim, dim_out * 2)) if film_dim else None
         self.block1 = Block(dim, dim_out, groups)
         self.block2 = Block(dim_out, dim_out, groups)
         self.res_conv = nn.Conv2d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
@@ -83,7 +84,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         scale_shift = None
         if self.mlp is not None:
-            # cond is (B*T, 2*dim_out, 1, 1): one vector per frame, repeated from the per-video vector
+            # cond is (B*T, film_dim), one vector per frame; scale and shift are (B*T, dim_out, 1, 1) each
             scale_shift = self.mlp(cond)[:, :, None, None].chunk(2, dim=1)
         h = self.block2(self.block1(x, scale_shift))
         return h + self.res_conv(x)
@@ -92,10 +93,10 @@ class ResnetBlock(nn.Module):
 class Level(nn.Module):
     """One U-Net level: 2 ResnetBlocks, spatial (linear) attention, optional cross-attention, temporal attention."""
 
-    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, cond_dim: int):
+    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, film_dim: int):
         super().__init__()
-        self.block1 = ResnetBlock(dim_in, dim_out, cond_dim, cfg.resnet_groups)
-        self.block2 = ResnetBlock(dim_out, dim_out, cond_dim, cfg.resnet_groups)
+        self.block1 = ResnetBlock(dim_in, dim_out, film_dim, cfg.resnet_groups)
+        self.block2 = ResnetBlock(dim_out, dim_out, film_dim, cfg.resnet_groups)
         heads, dh = cfg.attn_heads, cfg.attn_dim_head
         self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if cfg.use_sparse_linear_attn else None
         self.cross_attn = CrossAttention(dim_out, cfg.cond_dim, heads, dh) if cfg.cross_attn else None
@@ -132,11 +133,12 @@ class Unet3D(nn.Module):
         self.null_text_emb = nn.Parameter(torch.randn(1, cfg.cond_dim) * 0.02)
         if cfg.cross_attn:
             self.null_tokens = nn.Parameter(torch.randn(1, 1, cfg.cond_dim) * 0.02)
-        cond_dim = time_dim + cfg.cond_dim
+        # width of the conditioning vector the ResnetBlocks turn into FiLM scale/shift (cfg.cond_dim is the text's)
+        film_dim = time_dim + cfg.cond_dim  # [time ; text]
         if cfg.frame_cond:
             self.frame_mlp = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_dim))
-            self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
-            cond_dim = time_dim
+            self.cond_mlp = nn.Sequential(nn.Linear(film_dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
+            film_dim = time_dim
 
         dims = [dim, *(dim * m for m in cfg.dim_mults)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -144,21 +146,21 @@ class Unet3D(nn.Module):
         self.downsamples = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(in_out):
             last = i == len(in_out) - 1
-            self.downs.append(Level(d_in, d_out, cfg, cond_dim))
+            self.downs.append(Level(d_in, d_out, cfg, film_dim))
             self.downsamples.append(nn.Identity() if last else nn.Conv2d(d_out, d_out, 4, stride=2, padding=1))
 
         mid = dims[-1]
-        self.mid_block1 = ResnetBlock(mid, mid, cond_dim, cfg.resnet_groups)
+        self.mid_block1 = ResnetBlock(mid, mid, film_dim, cfg.resnet_groups)
         self.mid_spatial_attn = SpatialAttention(mid, heads, dh)
         self.mid_cross_attn = CrossAttention(mid, cfg.cond_dim, heads, dh) if cfg.cross_attn else None
         self.mid_temporal_attn = TemporalAttention(mid, heads, dh)
-        self.mid_block2 = ResnetBlock(mid, mid, cond_dim, cfg.resnet_groups)
+        self.mid_block2 = ResnetBlock(mid, mid, film_dim, cfg.resnet_groups)
 
         self.ups = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(reversed(in_out)):
             last = i == len(in_out) - 1
-            self.ups.append(Level(d_out * 2, d_in, cfg, cond_dim))
+            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim))
             self.upsamples.append(nn.Identity() if last else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1))
 
         self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
@@ -167,10 +169,6 @@ class Unet3D(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
                 m.weight = nn.Parameter(channels_last_1x1(m.weight.detach()))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.init_conv.weight.dtype
 
     def forward(
         self,
@@ -225,7 +223,7 @@ class Unet3D(nn.Module):
         h = h.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU (oneDNN)
 
         pos_bias = self.time_rel_pos_bias(frames, x.device)
-        cis = rotary_cis(frames, min(32, cfg.attn_dim_head), x.device)
+        cis = rotary_cis(frames, min(32, cfg.attn_dim_head), x.device)  # rotary on <= 32 channels/head, as the seed
         h = self.init_conv(h)
         h = self.init_temporal_attn(h, frames, pos_bias, cis)
         r = h

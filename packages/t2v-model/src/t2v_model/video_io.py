@@ -22,7 +22,7 @@ def _as_uint8(video) -> np.ndarray:
 
 def keep_umask_mode(tmp: str | Path, directory: bool = False) -> None:
     """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
-    mask = os.umask(0o022)
+    mask = os.umask(0o022)  # the only way to read the umask is to set it: put it back at once
     os.umask(mask)
     os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
 
