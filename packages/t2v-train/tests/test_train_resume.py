@@ -229,3 +229,27 @@ def test_a_kill_while_pruning_or_replacing_never_leaves_a_half_checkpoint(tmp_pa
         ckpt.finish_save(tmp, root, 3, model=model, ema=model, optimizer=opt, scaler=None, state={}, keep=2)
     assert [c.step for c in list_checkpoints(root)] == [2, 3] and whole()
     assert (step_dir(root, 3) / "optimizer.pt").is_file()  # the new one
+
+
+def test_resuming_on_shards_of_another_encoder_is_refused(make_experiment):
+    from t2v_train.trainer import TrainingError
+
+    exp = make_experiment(steps=2, checkpoint_every=2)
+    train(exp, progress=False)
+    state_file = step_dir(exp.out_dir / "checkpoints", 2) / "state.json"
+    state = json.loads(state_file.read_text())
+    state["encoder"] = {**state["encoder"], "weights_hash": "0123456789abcdef"}  # e.g. the encoder was upgraded
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(TrainingError, match=r"captions embedded by .*weights 0123456789ab.*were embedded by"):
+        train(make_experiment(steps=4, checkpoint_every=2), progress=False)
+
+
+def test_no_bare_step_rows_when_there_is_nothing_to_score(make_experiment, monkeypatch):
+    import t2v_train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "attribute_space", lambda raw: None)  # as for MSR-VTT captions
+    exp = make_experiment(steps=2, checkpoint_every=2)
+    train(exp, progress=False)
+    rows = read_metrics(exp.out_dir)
+    assert rows and all(set(r) - {"step", "time"} for r in rows), rows
+    assert (exp.out_dir / "samples" / "step-000002.gif").is_file()

@@ -180,6 +180,16 @@ class Trainer:
         if state.get("model") != to_dict(self.exp.model):
             raise TrainingError(f"{path}: was trained with a different model config; use another name / "
                                 f"train.out_dir, or --fresh (train.resume=never) to move this run aside and start over")
+        old = state.get("encoder") or {}
+        keys = ("id", "weights_hash", "dim")
+        if old and any(old.get(k) != self.encoder.get(k) for k in keys):
+            def name(e):
+                return f"{e.get('id')} (weights {str(e.get('weights_hash'))[:12]}, dim {e.get('dim')})"
+            raise TrainingError(f"{path}: was trained on captions embedded by {name(old)}, but the shards in "
+                                f"{self.exp.data_dir} were embedded by {name(self.encoder)}; embed with the first, "
+                                f"or --fresh (train.resume=never) to start over")
+        if state.get("geometry") not in (None, self.geometry) and self.d.is_main:
+            print(f"warning: {path}: was trained on {state['geometry']} videos, the shards hold {self.geometry}")
         ckpt.load_weights(path, "model.safetensors", self.model)
         ckpt.load_weights(path, "ema.safetensors", self.ema.model)
         ckpt.load_torch_into(path / "optimizer.pt", self.optimizer.load_state_dict)
@@ -259,7 +269,9 @@ class Trainer:
             if d.is_main and self.val_shards and cfg.val_every and (self.step % cfg.val_every == 0 or final):
                 self.log.write({"step": self.step, "val_loss": self.validate()})
             if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
-                self.log.write({"step": self.step, **self.sample()})
+                scores = self.sample()
+                if scores:  # no attributes to score (e.g. MSR-VTT): the grid alone
+                    self.log.write({"step": self.step, **scores})
         if bar is not None:
             bar.close()
         self.log.close()
