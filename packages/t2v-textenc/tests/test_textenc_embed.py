@@ -212,3 +212,38 @@ def test_a_raw_shard_changed_to_the_same_size_is_redone(tmp_path, encoder, make_
     assert json.loads(s.get("meta.json"))["captions"] == ["a tan ball"]
     text = torch.from_numpy(load_npy(s.get("text.npy")).astype(np.float32))
     torch.testing.assert_close(text, encoder.encode(["a tan ball"]).pooled, atol=1e-3, rtol=1e-3)
+
+
+def test_outputs_of_the_previous_version_are_kept_not_rebuilt(tmp_path, encoder):
+    # records written before prepare had `inputs`/`sha256` and embed had `input_sha256`: trusted and completed
+    import hashlib
+
+    from t2v_data.config import build
+    from t2v_data.prepare import run_prepare
+    from t2v_data.prepare_config import PrepareConfig
+
+    raw, emb = tmp_path / "raw", tmp_path / "emb"
+    cfg = build(PrepareConfig, {"out_dir": str(raw), "num_samples": 12, "shard_max_samples": 4}, "data")
+    run_prepare(cfg, seed=0, progress=False)
+    for rec in (raw / ".prepare").glob("*.tar.json"):
+        rec.write_text(json.dumps({k: v for k, v in json.loads(rec.read_text()).items()
+                                   if k not in ("inputs", "sha256")}))
+    m = json.loads((raw / "manifest.json").read_text())
+    for info in m["splits"].values():
+        for sh in info["shards"]:
+            del sh["sha256"]
+    (raw / "manifest.json").write_text(json.dumps(m))
+    ecfg = EmbedConfig(in_dir=str(raw), out_dir=str(emb), cache_dir=None)
+    run_embed(ecfg, encoder=encoder, progress=False)
+    tars = {p: p.read_bytes() for p in [*raw.glob("*.tar"), *emb.glob("*.tar")]}
+
+    again = run_prepare(cfg, seed=0, progress=False)
+    assert again.written == 0 and again.skipped == len(list(raw.glob("*.tar")))
+    for info in json.loads((raw / "manifest.json").read_text())["splits"].values():
+        for sh in info["shards"]:
+            assert sh["sha256"] == hashlib.sha256((raw / sh["name"]).read_bytes()).hexdigest()
+    e = run_embed(ecfg, encoder=encoder, progress=False)
+    assert e.shards_written == 0 and e.shards_skipped == len(list(emb.glob("*.tar")))
+    assert {p: p.read_bytes() for p in tars} == tars
+    parts = [json.loads(p.read_text()) for p in (emb / ".parts").glob("*.json")]
+    assert parts and all(p["settings"]["input_sha256"] for p in parts)

@@ -250,9 +250,9 @@ def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
 
 
 def _worker_exit(signum, frame):
-    if _worker.get("writing"):
-        raise SystemExit(128 + signum)  # unwind through the shard writer, which removes its temp file
-    os._exit(128 + signum)  # idle: nothing to clean up (raising here can land in interpreter shutdown and print)
+    # Unwind, never os._exit: an idle worker holds the pool's task-queue lock while it waits, and the parent's
+    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file.
+    raise SystemExit(128 + signum)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -269,11 +269,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def _worker_task(plan: ShardPlan) -> ShardRecord:
     cfg = _worker["cfg"]
-    _worker["writing"] = True
-    try:
-        return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
-    finally:
-        _worker["writing"] = False
+    return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
 
 
 def finished_shards(out_dir: str | Path) -> int:
@@ -290,9 +286,17 @@ def _load_record(out: Path, plan: ShardPlan) -> ShardRecord | None:
         rec = ShardRecord(**data)
     except TypeError:
         return None
-    if rec.planned != [it.key for it in plan.items] or rec.inputs != plan.inputs:
+    if rec.planned != [it.key for it in plan.items]:
         return None
-    if rec.count and not ((out / plan.name).is_file() and rec.sha256):
+    if rec.count and not (out / plan.name).is_file():
+        return None
+    if "inputs" not in data:  # written before records had inputs and sha256: trusted, as that version did
+        rec.inputs = plan.inputs
+        if rec.count:
+            with open(out / plan.name, "rb") as f:
+                rec.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        write_json_atomic(out / STATE_DIR / f"{plan.name}.json", rec.__dict__)
+    if rec.inputs != plan.inputs or (rec.count and not rec.sha256):
         return None
     return rec
 
@@ -320,7 +324,7 @@ def _make_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{out}: unusable data.out_dir ({e.strerror or e})") from None
-    try:  # creating a file is the test that holds for root too (os.access says yes to a read-only mount)
+    try:  # creating a file is the test that holds for root too (os.access says yes to /proc and /sys)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as e:

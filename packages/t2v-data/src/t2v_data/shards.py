@@ -205,7 +205,7 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
         ):
             raise DataError(f"{path}: splits.{split}.shards must be a list of {{name, count}}")
         if any(not isinstance(s.get("sha256", ""), str) for s in shards):
-            raise DataError(f"{path}: splits.{split}.shards: sha256 must be a hex string")
+            raise DataError(f"{path}: splits.{split}.shards: sha256 must be a string")
         if sum(s["count"] for s in shards) != info.get("count"):
             raise DataError(f"{path}: splits.{split}.count does not equal the sum of its shard counts")
         for s in shards:

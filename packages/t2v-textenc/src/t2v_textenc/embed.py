@@ -205,7 +205,15 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
             part = json.loads(part_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
-        return part if part.get("settings") == settings(ref) else None
+        now = settings(ref)
+        if part.get("settings") == now:
+            return part
+        legacy = {k: v for k, v in now.items() if k != "input_sha256"}
+        if "input_sha256" in now and part.get("settings") == legacy:  # a record from before input_sha256: trusted,
+            part["settings"] = now  # as that version did, and completed
+            write_json_atomic(part_path, part)
+            return part
+        return None
 
     parts: dict[str, dict[str, Any]] = {}
     pending = []

@@ -49,7 +49,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def shard_refs(manifest: dict[str, Any]) -> list[ShardRef]:
-    return [ShardRef(split, s["name"], int(s.get("count", 0)), str(s.get("sha256", "")))
+    return [ShardRef(split, s["name"], int(s.get("count", 0)), str(s.get("sha256") or ""))
             for split, info in manifest["splits"].items() for s in info["shards"]]
 
 
