@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             written += save_grid(grid_path, videos, fps=fps, scale=args.scale)
     except OSError as e:  # checked up front, so rare (disk full, ...): still list what was written
         problem = f"--out: cannot write {e.filename or args.out}: {e.strerror or e}"
-    except KeyboardInterrupt:  # each file is written whole or not at all
-        print(f"interrupted: {len(written)} file(s) written", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: the files written so far are complete (each is written whole or not at all)",
+              file=sys.stderr)
         return 130
     print(f"{len(videos)} video(s) in {seconds:.1f} s ({args.steps} {args.sampler} steps, guidance {args.guidance})")
     for path in written:
@@ -114,7 +115,7 @@ def _out_error(out: str) -> str | None:
     existing = next(p for p in (directory, *directory.parents) if p.exists())
     if not existing.is_dir():
         return f"--out {out}: {existing} is not a directory"
-    try:  # creating a file is the test that holds for root too (os.access says yes to /proc, a read-only mount)
+    try:  # creating a file is the test that holds for root too (os.access says yes to /proc and /sys)
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:

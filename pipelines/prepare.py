@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"interrupted: {finished_shards(cfg.out_dir)} finished shards kept in {cfg.out_dir}; "
-                "run the same command again to resume",
+                + ("run again without --overwrite to resume" if args.overwrite else
+                   "run the same command again to resume"),
                 file=sys.stderr,
             )
         return 130

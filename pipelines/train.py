@@ -6,7 +6,7 @@
 `train.resume: auto` (the default) continues from the newest checkpoint in runs/<name>/checkpoints; `--resume`
 insists on one (even over a config's train.resume: never); `--fresh` (train.resume=never) starts over, first moving
 the previous run's checkpoints, model, samples and metrics into runs/<name>/replaced-<UTC time>/. Ctrl-C: exit 130,
-the checkpoints written so far are kept and the same command resumes.
+the checkpoints written so far are kept and a run without --fresh (or with --resume) continues from the last one.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the checkpoints written so far are kept; run the same command again to resume from "
-              "the last one", file=sys.stderr)
+        again = "run again without --fresh" if args.fresh else "run the same command again"
+        print(f"interrupted: the checkpoints written so far are kept; {again} to resume from the last one",
+              file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -159,7 +159,7 @@ def test_a_bad_device_is_a_config_error(tmp_path, capsys, monkeypatch):
     config = tmp_path / "exp.yaml"
     config.write_text("name: x\ntrain: {steps: 10}\n")
     assert train_cli.main(["--config", str(config), "train.device=gpu0"]) == 2
-    assert capsys.readouterr().err == "config error: train.device: expected auto, cpu, cuda or cuda:N, got 'gpu0'\n"
+    assert capsys.readouterr().err == "config error: train.device: expected auto or a torch device (cpu, cuda, cuda:N, mps), got 'gpu0'\n"
     with pytest.raises(ConfigError, match=r"^evaluate\.device: expected auto"):
         load_experiment(config, ["evaluate.device=cuda:x"])
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -187,7 +187,11 @@ def test_ctrl_c_is_one_line_and_exit_130(shards, tiny_raw, tmp_path, capsys, mon
     except KeyboardInterrupt:  # not re-raised: it would stop the whole pytest session
         pytest.fail("Ctrl-C ended train.py with a traceback")
     assert rc == 130
-    assert capsys.readouterr().err.startswith("interrupted: the checkpoints written so far are kept")
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: the checkpoints written so far are kept") and "same command" in err
+    config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "run"))
+    assert train_cli.main(["--config", config, "--quiet", "--fresh"]) == 130
+    assert "run again without --fresh to resume" in capsys.readouterr().err  # the same command would start over
 
 
 def test_a_rank_that_lost_its_peer_says_so_in_one_line(shards, tiny_raw, tmp_path, capsys, monkeypatch):

@@ -115,7 +115,10 @@ def _remove_dir(path: Path) -> None:
     that still counts as one (what is left is removed by the next begin_save)."""
     gone = path.with_name(f".{path.name}.removed.tmp")
     shutil.rmtree(gone, ignore_errors=True)  # a leftover of an earlier crash: os.replace needs the name free
-    os.replace(path, gone)
+    try:
+        os.replace(path, gone)
+    except OSError:  # e.g. the leftover could not be removed (NFS): delete in place, as a best effort
+        gone = path
     shutil.rmtree(gone, ignore_errors=True)
 
 

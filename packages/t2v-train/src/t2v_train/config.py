@@ -27,7 +27,7 @@ def check_device(name: str) -> None:
     try:
         torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+        raise ConfigError(f"device: expected auto or a torch device (cpu, cuda, cuda:N, mps), got {name!r}") from None
 
 
 @dataclass
