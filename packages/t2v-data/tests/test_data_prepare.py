@@ -270,6 +270,7 @@ def test_sigterm_to_the_process_group_stops_and_does_not_hang(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
     assert p.returncode == 130, err
+    assert err.startswith("interrupted: ") and "finished shards kept" in err and err.count("\n") == 1, err
     assert not list(out.rglob(".*.tmp"))
 
 
