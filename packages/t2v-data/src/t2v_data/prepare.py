@@ -251,7 +251,9 @@ def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
 
 def _worker_exit(signum, frame):
     # Unwind, never os._exit: an idle worker holds the pool's task-queue lock while it waits, and the parent's
-    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file.
+    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file. Once: a second SIGTERM
+    # (a process-group signal, then the parent's terminate()) would land in the exit handlers and print a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
