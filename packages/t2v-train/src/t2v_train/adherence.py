@@ -40,9 +40,16 @@ def score(videos: torch.Tensor, attributes: list[dict[str, Any]], space: dict[st
         ok = judge_matches(attrs, j)
         rows.append({"want": {k: attrs.get(k) for k in ok}, "got": {k: getattr(j, k) for k in ok}, "ok": ok,
                      "displacement": [round(v, 2) for v in j.displacement]})
-    accuracy = {k: float(np.mean([r["ok"][k] for r in rows])) for k in ("color", "motion", "shape")
-                if any(a.get(k) is not None for a in attributes)}
+    # each attribute over the prompts that name it: a prompt without a shape is no shape miss
+    accuracy = {k: float(np.mean([r["ok"][k] for r, a in zip(rows, attributes) if a.get(k) is not None]))
+                for k in ("color", "motion", "shape") if any(a.get(k) is not None for a in attributes)}
     return rows, accuracy
+
+
+def chance_levels(space: dict[str, list[str]] | None) -> dict[str, float]:
+    """Accuracy of answering at random within the attribute space (1 / number of values), per attribute."""
+    space = space or {}
+    return {k: 1.0 / len(space[k + "s"]) for k in ("color", "motion", "shape") if space.get(k + "s")}
 
 
 def sanity_stats(videos: torch.Tensor) -> dict[str, float]:

@@ -17,13 +17,15 @@ from typing import Any
 import torch
 
 from t2v_data.config import build
-from t2v_data.prepare_config import PrepareConfig
-from t2v_data.shapes import heldout_prompts
-from t2v_data.shards import write_json_atomic
+from t2v_data.errors import DataError
+from t2v_data.prepare_config import PrepareConfig, all_combos, config_hash, is_valid_combo
+from t2v_data.shapes import caption, heldout_prompts
+from t2v_data.shards import read_manifest, write_json_atomic
+from t2v_model.config import ModelCard
 from t2v_model.pipeline import TextToVideo
 from t2v_model.video_io import save_grid
 
-from .adherence import attribute_space, sanity_stats, score
+from .adherence import attribute_space, chance_levels, sanity_stats, score
 from .config import Experiment
 from .data import shard_list
 from .distributed import pick_device
@@ -45,6 +47,19 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
               file=sys.stderr)
     prompts = heldout_prompts(data_cfg, cfg.num_prompts, cfg.seed)
     captions = [p["caption"] for p in prompts]
+    seen = seen_in_training(data_cfg, captions)
+    if seen:
+        print(f"warning: {len(seen)} of {len(prompts)} held-out prompts have a caption that also captions training "
+              f"clips (e.g. {seen[0]!r}): data.shapes.templates[0] does not name every attribute that "
+              f"data.shapes.holdout holds out, so these prompts are not unseen", file=sys.stderr)
+    manifest, val_problem = training_data(exp, data_cfg, pipe.card)
+    data_matches = None if manifest is None else manifest.get("config_hash") == config_hash(data_cfg, exp.seed)
+    if data_matches is False:
+        print(f"warning: the shards in {exp.data_dir} were prepared from another data config than {exp.name}'s: "
+              f"the prompts{' and the held-out label' if data_cfg.shapes.holdout else ''} follow this config, not "
+              f"necessarily the data the model was trained on", file=sys.stderr)
+    if val_problem and cfg.val_batches:
+        print(f"warning: no val loss: {val_problem}", file=sys.stderr)
     start = time.perf_counter()
     emb = pipe.embed(captions)
     cut = lambda v, i: None if v is None else v[i:i + cfg.batch_size]  # noqa: E731
@@ -60,14 +75,21 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
     seconds = time.perf_counter() - start
     rows, accuracy = score(videos, [p["attributes"] for p in prompts], space)
     val_loss = float("nan")
-    if cfg.val_batches and exp.data_dir.is_dir():
-        val_loss = validation_loss(pipe.model, pipe.diffusion, shard_list(exp.data_dir, "val"),
-                                   exp.train.batch_size, cfg.val_batches, device, exp.seed)
+    if cfg.val_batches and manifest is not None and not val_problem:
+        try:
+            val_loss = validation_loss(pipe.model, pipe.diffusion, shard_list(exp.data_dir, "val"),
+                                       exp.train.batch_size, cfg.val_batches, device, exp.seed)
+        except DataError as e:
+            print(f"warning: no val loss: {e}", file=sys.stderr)
     out = exp.out_dir / "eval"
     save_grid(out / "samples.gif", videos[:16], fps=pipe.card.data.fps, scale=4)
-    result = {"checkpoint": str(ckpt_dir), "prompts": len(prompts), "held_out": bool(data_cfg.shapes.holdout),
+    # held_out: every prompt is a combination never generated for training AND its caption is no training caption
+    result = {"checkpoint": str(ckpt_dir), "prompts": len(prompts), "distinct_captions": len(set(captions)),
+              "held_out": bool(data_cfg.shapes.holdout) and not seen, "holdout": data_cfg.shapes.holdout,
+              "captions_seen_in_training": sum(c in set(seen) for c in captions),
+              "data_config_matches_shards": data_matches,
               "sampler": cfg.sampler, "steps": cfg.steps,
-              "guidance": cfg.guidance, "accuracy": accuracy, "targets": cfg.targets,
+              "guidance": cfg.guidance, "accuracy": accuracy, "chance": chance_levels(space), "targets": cfg.targets,
               "passed": all(accuracy.get(k, 0.0) >= v for k, v in cfg.targets.items()),
               "val_loss": val_loss if math.isfinite(val_loss) else None, **sanity_stats(videos),
               "seconds": round(seconds, 1),
@@ -76,15 +98,69 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
     return result
 
 
+def seen_in_training(data_cfg: PrepareConfig, captions: list[str]) -> list[str]:
+    """The distinct `captions` that some training clip may carry too (any template, any combination that is not held
+    out), when data.shapes.holdout is set: a holdout on attributes the prompt template does not name (size, speed,
+    background) yields prompts whose text the model has seen. [] without a holdout (nothing is claimed unseen)."""
+    sc = data_cfg.shapes
+    if not sc.holdout:
+        return []
+    train = {caption(t, c) for c in all_combos(sc) if is_valid_combo(c, sc) for t in sc.templates}
+    return sorted({c for c in captions if c in train})
+
+
+def training_data(exp: Experiment, data_cfg: PrepareConfig, card: ModelCard) -> tuple[dict | None, str | None]:
+    """(manifest of the experiment's pre-embedded shards or None, why their val split cannot give this checkpoint a
+    val loss or None). Shards of another geometry or text encoder would give a meaningless number or a crash."""
+    if not exp.data_dir.is_dir():
+        return None, f"{exp.data_dir} does not exist"
+    try:
+        manifest = read_manifest(exp.data_dir)
+    except DataError as e:
+        return None, str(e)
+    geo = manifest.get("geometry") or {}
+    keys = ("frames", "height", "width", "channels")
+    if any(geo.get(k) != getattr(card.data, k) for k in keys):
+        got = "x".join(str(geo.get(k)) for k in keys)
+        want = "x".join(str(getattr(card.data, k)) for k in keys)
+        return manifest, (f"the shards in {exp.data_dir} are {got} (frames x height x width x channels), the "
+                          f"checkpoint was trained on {want}")
+    enc, te = manifest.get("text_encoder") or {}, card.text_encoder
+    if not enc:
+        return manifest, f"the shards in {exp.data_dir} hold no caption embeddings (not the embed stage's output)"
+    if (enc.get("id"), enc.get("dim")) != (te.id, te.dim) or (
+            enc.get("weights_hash") and te.weights_hash and enc["weights_hash"] != te.weights_hash):
+        return manifest, (f"the captions in {exp.data_dir} were embedded by {enc.get('id')} ({enc.get('dim')}-d, "
+                          f"weights {enc.get('weights_hash')}), the checkpoint's by {te.id} ({te.dim}-d, weights "
+                          f"{te.weights_hash})")
+    if card.unet.cross_attn and not enc.get("tokens"):
+        return manifest, f"the shards in {exp.data_dir} have no per-token embeddings, which cross-attention needs"
+    if not (manifest.get("splits") or {}).get("val"):
+        return manifest, f"no val split in {exp.data_dir}"
+    return manifest, None
+
+
 def format_table(result: dict[str, Any]) -> str:
-    kind = "held-out" if result.get("held_out") else "in-distribution (no data.shapes.holdout)"
-    lines = [f"evaluation of {result['checkpoint']}: {result['prompts']} {kind} prompts, "
-             f"{result['sampler']} {result['steps']} steps, guidance {result['guidance']} ({result['seconds']} s)",
-             f"  {'attribute':<16}{'accuracy':>9}  target"]
+    n, seen = result["prompts"], result.get("captions_seen_in_training", 0)
+    if result.get("held_out"):
+        kind = "held-out"
+        if result.get("data_config_matches_shards") is False:
+            kind += " (unverified: the training shards come from another data config)"
+    elif seen:
+        kind = f"held-out-combination ({seen} of {n} captions also caption training clips, so not unseen)"
+    else:
+        kind = "in-distribution (no data.shapes.holdout)"
+    distinct = result.get("distinct_captions", n)
+    lines = [f"evaluation of {result['checkpoint']}: {n} {kind} prompts"
+             + (f" ({distinct} distinct captions)" if distinct < n else "")
+             + f", {result['sampler']} {result['steps']} steps, guidance {result['guidance']} ({result['seconds']} s)",
+             f"  {'attribute':<16}{'accuracy':>9}  {'chance':>6}  target"]
     for key, acc in result["accuracy"].items():
         target = result["targets"].get(key)
+        chance = (result.get("chance") or {}).get(key)
+        chance_text = "" if chance is None else f"{chance:.1%}"
         verdict = "" if target is None else f">= {target:.0%}  {'ok' if acc >= target else 'MISSED'}"
-        lines.append(f"  {key:<16}{acc:>9.1%}  {verdict}")
+        lines.append(f"  {key:<16}{acc:>9.1%}  {chance_text:>6}  {verdict}".rstrip())
     val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
     lines += [f"  {'val loss':<16}{val:>9}",
               f"  {'motion energy':<16}{result['motion_energy']:>9.2f}  (mean |frame diff|, 0-255)",
