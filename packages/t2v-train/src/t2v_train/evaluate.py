@@ -91,7 +91,10 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
               "sampler": cfg.sampler, "steps": cfg.steps,
               "guidance": cfg.guidance, "accuracy": accuracy, "chance": chance_levels(space), "targets": cfg.targets,
               "passed": all(accuracy.get(k, 0.0) >= v for k, v in cfg.targets.items()),
-              "val_loss": val_loss if math.isfinite(val_loss) else None, **sanity_stats(videos),
+              "val_loss": val_loss if math.isfinite(val_loss) else None,
+              "val_clips": min(cfg.val_batches * exp.train.batch_size, _val_count(manifest)) if math.isfinite(
+                  val_loss) else 0,
+              **sanity_stats(videos),
               "seconds": round(seconds, 1),
               "videos": [{"caption": c, **r} for c, r in zip(captions, rows)]}
     write_json_atomic(out / "results.json", result)
@@ -140,6 +143,10 @@ def training_data(exp: Experiment, data_cfg: PrepareConfig, card: ModelCard) -> 
     return manifest, None
 
 
+def _val_count(manifest: dict | None) -> int:
+    return int((((manifest or {}).get("splits") or {}).get("val") or {}).get("count", 0))
+
+
 def format_table(result: dict[str, Any]) -> str:
     n, seen = result["prompts"], result.get("captions_seen_in_training", 0)
     if result.get("held_out"):
@@ -162,7 +169,9 @@ def format_table(result: dict[str, Any]) -> str:
         verdict = "" if target is None else f">= {target:.0%}  {'ok' if acc >= target else 'MISSED'}"
         lines.append(f"  {key:<16}{acc:>9.1%}  {chance_text:>6}  {verdict}".rstrip())
     val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
-    lines += [f"  {'val loss':<16}{val:>9}",
+    # training logs its val loss over train.val_batches, often fewer clips: say which clips this one is over
+    over = f"  (first {result['val_clips']} val clips, t uniform)" if result.get("val_clips") else ""
+    lines += [f"  {'val loss':<16}{val:>9}{over}",
               f"  {'motion energy':<16}{result['motion_energy']:>9.2f}  (mean |frame diff|, 0-255)",
               f"  {'background std':<16}{result['background_std']:>9.2f}  (border pixels over time, 0-255)"]
     return "\n".join(lines)
