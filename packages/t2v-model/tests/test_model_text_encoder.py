@@ -11,6 +11,7 @@ from t2v_model.text_encoder import (
     PACKAGED_ID,
     TextEncoder,
     TextEncoderError,
+    describe_text_encoder,
     load_text_encoder,
     masked_mean,
     packaged_model_path,
@@ -29,6 +30,15 @@ def test_packaged_model_identity(enc):
     assert not enc.model.training
     assert all(not p.requires_grad for p in enc.model.parameters())
     assert enc.encode("a red circle").pooled.shape == (1, 384)
+
+
+def test_describe_gives_the_loaded_encoders_info_without_loading(enc, tmp_path):
+    for tokens in (False, True):
+        assert describe_text_encoder(None, max_length=77, tokens=tokens) == enc.info(tokens=tokens)
+    assert describe_text_encoder(str(packaged_model_path()))["id"] == PACKAGED_ID
+    assert describe_text_encoder("bert-base-cased") is None  # a hub name: only loading can tell
+    (tmp_path / "config.json").write_text("{}")
+    assert describe_text_encoder(tmp_path) is None  # loading gives the error
 
 
 def test_cache_returns_same_instance_and_path_maps_to_packaged_id(enc):

@@ -247,3 +247,21 @@ def test_outputs_of_the_previous_version_are_kept_not_rebuilt(tmp_path, encoder)
     assert {p: p.read_bytes() for p in tars} == tars
     parts = [json.loads(p.read_text()) for p in (emb / ".parts").glob("*.json")]
     assert parts and all(p["settings"]["input_sha256"] for p in parts)
+
+
+def test_a_finished_directory_is_recognised_without_loading_the_encoder(raw_dir, tmp_path, monkeypatch):
+    import t2v_textenc.embed as embed
+
+    cfg = EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None)
+    first = run_embed(cfg, progress=False)  # encoder=None: the stage's own loading path
+    assert first.shards_written == 3
+
+    def no_load(*a, **k):
+        raise AssertionError("loaded the text encoder with nothing to do")
+
+    monkeypatch.setattr(embed, "load_text_encoder", no_load)
+    again = run_embed(cfg, progress=False)
+    assert (again.shards_written, again.shards_skipped) == (0, 3) and again.encoder == first.encoder
+    (tmp_path / "emb" / "val-000000.tar").unlink()  # work to do: the encoder is loaded
+    with pytest.raises(AssertionError, match="loaded the text encoder"):
+        run_embed(cfg, progress=False)

@@ -14,6 +14,7 @@ caption well defined (its embedding is the [SEP] state instead of 0/0).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -201,6 +202,22 @@ def hash_weights(model_dir: str | Path) -> str:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def describe_text_encoder(id_or_path: str | Path | None = None, max_length: int = 77,
+                          tokens: bool = False) -> dict | None:
+    """The `info()` block of the encoder `load_text_encoder(id_or_path, max_length=...)` would give, read from its
+    local directory without loading the model (seconds less for a stage that finds its work done). None when only
+    loading can tell: a hub name, or a directory loading would reject with its own error."""
+    model_id, source, is_local = _resolve_source(id_or_path)
+    if not is_local:
+        return None
+    try:
+        dim = int(json.loads((Path(source) / "config.json").read_text())["hidden_size"])
+        weights_hash = hash_weights(source)
+    except (OSError, ValueError, KeyError, TypeError, TextEncoderError):
+        return None
+    return {"id": model_id, "weights_hash": weights_hash, "dim": dim, "max_length": max_length, "tokens": tokens}
 
 
 def _resolve_source(name_or_path: str | Path | None) -> tuple[str, str, bool]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from t2v_model.text_encoder import TextEncoder, load_text_encoder
+from t2v_model.text_encoder import TextEncoder, describe_text_encoder, load_text_encoder
 
 from .atomic import write_json_atomic, write_jsonl_atomic
 from .cache import CachedEmbedding, EmbeddingCache
@@ -178,13 +178,20 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
         raise ShardError(f"{in_dir / MANIFEST}: stage is {manifest.get('stage')!r}; the embed stage reads raw "
                          f"(prepare) shards")
     refs = shard_refs(manifest)
-    if encoder is None:
-        encoder = load_text_encoder(cfg.encoder, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_length,
-                                    batch_size=cfg.batch_size)
-    elif encoder.max_length != cfg.max_length:
+    if encoder is not None and encoder.max_length != cfg.max_length:
         raise ShardError(f"embed.max_length: {cfg.max_length} but the given encoder cuts at {encoder.max_length}")
-    info = encoder.info(tokens=cfg.tokens)
-    summary = EmbedSummary(out_dir=str(out_dir), encoder=info)
+
+    def load() -> TextEncoder:
+        return load_text_encoder(cfg.encoder, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_length,
+                                 batch_size=cfg.batch_size)
+
+    # finished shards are recognised without loading the model (~8 s): it is loaded only when there is work
+    if encoder is None:
+        info = describe_text_encoder(cfg.encoder, max_length=cfg.max_length, tokens=cfg.tokens)
+        if info is None:
+            encoder = load()
+    if encoder is not None:
+        info = encoder.info(tokens=cfg.tokens)
 
     if out_dir.exists() and not out_dir.is_dir():
         raise ShardError(f"{out_dir}: embed.out_dir exists and is not a directory")
@@ -215,14 +222,17 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
             return part
         return None
 
-    parts: dict[str, dict[str, Any]] = {}
-    pending = []
-    for ref in refs:
-        part = done(ref)
-        if part is None:
-            pending.append(ref)
-        else:
-            parts[ref.name] = part
+    def partition() -> tuple[dict[str, dict[str, Any]], list[ShardRef]]:
+        parts = {ref.name: part for ref in refs if (part := done(ref)) is not None}
+        return parts, [ref for ref in refs if ref.name not in parts]
+
+    parts, pending = partition()
+    if pending and encoder is None:
+        encoder = load()
+        if encoder.info(tokens=cfg.tokens) != info:  # the description disagreed with the model: the model decides
+            info = encoder.info(tokens=cfg.tokens)
+            parts, pending = partition()
+    summary = EmbedSummary(out_dir=str(out_dir), encoder=info)
     summary.shards_skipped = len(parts)
 
     scans = [_scan(in_dir, ref) for ref in tqdm(pending, desc="reading captions", unit="shard",
