@@ -244,37 +244,39 @@ class Trainer:
         samples_per_step = cfg.batch_size * cfg.grad_accum * d.world_size
         start, start_step, loss_sum, loss_count = time.perf_counter(), self.step, 0.0, 0
         last_loss = float("nan")
-        while self.step < cfg.steps:
-            loss = self.train_step(batches)
-            self.step += 1
-            if not math.isfinite(loss):
-                kept = self.last_checkpoint or "none yet"
-                raise TrainingError(f"step {self.step}: loss is {loss}; stopped (last good checkpoint: {kept})")
-            self.ema.update(self.model, self.step)
-            last_loss, loss_sum, loss_count = loss, loss_sum + loss, loss_count + 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                elapsed = time.perf_counter() - start
-                rate = (self.step - start_step) / max(elapsed, 1e-9)
-                self.log.write({"step": self.step, "loss": loss, "loss_avg": loss_sum / loss_count,
-                                "lr": lr_at(self.step - 1, cfg), "steps_per_s": rate,
-                                "samples_per_s": rate * samples_per_step, "time": elapsed})
+        try:  # the bar and the log are closed also on Ctrl-C or an error, before the CLI prints its line
+            while self.step < cfg.steps:
+                loss = self.train_step(batches)
+                self.step += 1
+                if not math.isfinite(loss):
+                    kept = self.last_checkpoint or "none yet"
+                    raise TrainingError(f"step {self.step}: loss is {loss}; stopped (last good checkpoint: {kept})")
+                self.ema.update(self.model, self.step)
+                last_loss, loss_sum, loss_count = loss, loss_sum + loss, loss_count + 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - start
+                    rate = (self.step - start_step) / max(elapsed, 1e-9)
+                    self.log.write({"step": self.step, "loss": loss, "loss_avg": loss_sum / loss_count,
+                                    "lr": lr_at(self.step - 1, cfg), "steps_per_s": rate,
+                                    "samples_per_s": rate * samples_per_step, "time": elapsed})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", samples_s=f"{rate * samples_per_step:.1f}")
+                    loss_sum, loss_count = 0.0, 0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", samples_s=f"{rate * samples_per_step:.1f}")
-                loss_sum, loss_count = 0.0, 0
+                    bar.update(1)
+                final = self.step == cfg.steps
+                if self.step % cfg.checkpoint_every == 0 or final:
+                    self.save()
+                if d.is_main and self.val_shards and cfg.val_every and (self.step % cfg.val_every == 0 or final):
+                    self.log.write({"step": self.step, "val_loss": self.validate()})
+                if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
+                    scores = self.sample()
+                    if scores:  # no attributes to score (e.g. MSR-VTT): the grid alone
+                        self.log.write({"step": self.step, **scores})
+        finally:
             if bar is not None:
-                bar.update(1)
-            final = self.step == cfg.steps
-            if self.step % cfg.checkpoint_every == 0 or final:
-                self.save()
-            if d.is_main and self.val_shards and cfg.val_every and (self.step % cfg.val_every == 0 or final):
-                self.log.write({"step": self.step, "val_loss": self.validate()})
-            if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
-                scores = self.sample()
-                if scores:  # no attributes to score (e.g. MSR-VTT): the grid alone
-                    self.log.write({"step": self.step, **scores})
-        if bar is not None:
-            bar.close()
-        self.log.close()
+                bar.close()
+            self.log.close()
         return {"step": self.step, "loss": last_loss, "checkpoint": str(self.last_checkpoint),
                 "model": str(self.out / "model"), "seconds": time.perf_counter() - start}
 
