@@ -253,4 +253,3 @@ def test_no_bare_step_rows_when_there_is_nothing_to_score(make_experiment, monke
     rows = read_metrics(exp.out_dir)
     assert rows and all(set(r) - {"step", "time"} for r in rows), rows
     assert (exp.out_dir / "samples" / "step-000002.gif").is_file()
-
