@@ -39,9 +39,9 @@ def checkpoint(tmp_path_factory) -> Path:
     return save_pretrained(tmp_path_factory.mktemp("ckpt") / "model", Unet3D(unet), card)
 
 
-def experiment(tmp_path: Path, data_dir: Path | None = None, **shapes):
+def experiment(tmp_path: Path, data_dir: Path | None = None, data: dict | None = None, **shapes):
     raw = {"name": "review", "seed": 0,
-           "data": {"source": "shapes", "frames": 4, "size": 16, "shapes": {**SHAPES, **shapes}},
+           "data": {"source": "shapes", "frames": 4, "size": 16, "shapes": {**SHAPES, **shapes}, **(data or {})},
            "model": {"unet": {"dim": 8, "dim_mults": [1, 2], "cond_dim": 384, "attn_heads": 2, "attn_dim_head": 8,
                               "use_sparse_linear_attn": False}, "diffusion": {"timesteps": 50}},
            "train": {"data_dir": str(data_dir or tmp_path / "no-data"), "out_dir": str(tmp_path / "run"),
@@ -84,7 +84,9 @@ def test_real_holdout_is_held_out_with_chance_levels_and_distinct_count(checkpoi
     assert result["distinct_captions"] <= 4
     assert result["chance"] == {"color": 0.25, "motion": 0.25, "shape": 0.25}
     table = format_table(result)
-    assert f"5 held-out prompts ({result['distinct_captions']} distinct captions)" in table
+    # no shards to compare the data config with (train.data_dir does not exist): said, not assumed
+    assert (f"5 held-out (unverified: no training shards to check the data config against) prompts "
+            f"({result['distinct_captions']} distinct captions)") in table
     assert "chance" in table.splitlines()[1] and "25.0%" in table
 
 
@@ -96,3 +98,25 @@ def test_val_loss_is_not_taken_on_shards_of_another_geometry_or_encoder(checkpoi
     assert "were prepared from another data config" in err
     assert result["val_loss"] is None and result["data_config_matches_shards"] is False
     assert "n/a" in format_table(result)
+
+
+def test_a_damaged_val_shard_costs_the_val_loss_not_the_evaluation(checkpoint, tmp_path, capsys):
+    from t2v_data.prepare import run_prepare
+    from t2v_data.prepare_config import prepare_config_from_experiment
+    from t2v_textenc import EmbedConfig, run_embed
+
+    data = {"num_samples": 24, "val_fraction": 0.25, "out_dir": str(tmp_path / "raw")}
+    exp = experiment(tmp_path, data_dir=tmp_path / "emb", data=data)
+    run_prepare(prepare_config_from_experiment(exp.raw), seed=0, progress=False)
+    run_embed(EmbedConfig(in_dir=str(tmp_path / "raw"), out_dir=str(tmp_path / "emb"), cache_dir=None), progress=False)
+    result = evaluate(exp, checkpoint, progress=False)
+    assert result["val_loss"] is not None and result["val_clips"] == 4 and result["data_config_matches_shards"]
+    assert "warning" not in capsys.readouterr().err
+
+    val = tmp_path / "emb" / "val-000000.tar"
+    val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])
+    result = evaluate(exp, checkpoint, progress=False)  # was: the trainer's DataError after all the sampling
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no val loss: ") and "val-000000.tar: unreadable tar shard" in err
+    assert result["val_loss"] is None and len(result["videos"]) == 5 and (tmp_path / "run" / "eval").is_dir()
+

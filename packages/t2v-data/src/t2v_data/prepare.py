@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import re
 import shutil
@@ -251,9 +252,11 @@ def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
 
 def _worker_exit(signum, frame):
     # Unwind, never os._exit: an idle worker holds the pool's task-queue lock while it waits, and the parent's
-    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file. Once: a second SIGTERM
-    # (a process-group signal, then the parent's terminate()) would land in the exit handlers and print a traceback.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file. Not again once the
+    # worker is in its exit handlers (a process-group SIGTERM, then the parent's terminate()): raising there prints a
+    # traceback. Not SIG_IGN either: a first SystemExit swallowed inside a __del__ would leave a worker nothing stops.
+    if getattr(mp_util, "_exiting", False):
+        return
     raise SystemExit(128 + signum)
 
 

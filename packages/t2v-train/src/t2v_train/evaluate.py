@@ -27,6 +27,7 @@ from t2v_model.video_io import save_grid
 
 from .adherence import attribute_space, chance_levels, sanity_stats, score
 from .config import Experiment
+from .data import DataError as ShardDataError
 from .data import shard_list
 from .distributed import pick_device
 from .trainer import validation_loss
@@ -79,7 +80,7 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
         try:
             val_loss = validation_loss(pipe.model, pipe.diffusion, shard_list(exp.data_dir, "val"),
                                        exp.train.batch_size, cfg.val_batches, device, exp.seed)
-        except DataError as e:
+        except (DataError, ShardDataError) as e:  # e.g. a damaged val shard: the sampling done is kept
             print(f"warning: no val loss: {e}", file=sys.stderr)
     out = exp.out_dir / "eval"
     save_grid(out / "samples.gif", videos[:16], fps=pipe.card.data.fps, scale=4)
@@ -151,8 +152,11 @@ def format_table(result: dict[str, Any]) -> str:
     n, seen = result["prompts"], result.get("captions_seen_in_training", 0)
     if result.get("held_out"):
         kind = "held-out"
-        if result.get("data_config_matches_shards") is False:
+        matches = result.get("data_config_matches_shards")
+        if matches is False:
             kind += " (unverified: the training shards come from another data config)"
+        elif matches is None:
+            kind += " (unverified: no training shards to check the data config against)"
     elif seen:
         kind = f"held-out-combination ({seen} of {n} captions also caption training clips, so not unseen)"
     else:
