@@ -336,3 +336,28 @@ def test_interrupt_outside_the_writers_cleanup_leaves_no_temp_file(tmp_path, mon
     run_prepare(cfg_for(out, workers=1), seed=0, progress=False)
     run_prepare(cfg_for(tmp_path / "b", workers=1), seed=0, progress=False)
     assert tars(out) == tars(tmp_path / "b")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_a_worker_killed_hard_is_an_error_not_a_hang(tmp_path):
+    # e.g. the OOM killer: multiprocessing.Pool replaced the worker and waited for its lost result for ever
+    out = tmp_path / "out"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  out_dir: {out}\n  num_samples: 3000\n  shard_max_samples: 100\n  workers: 2\n")
+    p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "prepare.py"), "--config", str(cfg), "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not list((out / ".prepare").glob("*.tar.json")) and time.time() < deadline:
+            time.sleep(0.02)
+        workers = [w for w in _children(p.pid) if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 1, err
+    assert err.startswith("error: a prepare worker died (exit code -9) while writing ") and err.count("\n") == 1, err
+    assert not list(out.rglob(".*.tmp")) and not [w for w in workers if _alive(w)]
+

@@ -6,9 +6,11 @@ and its record (`.prepare/<shard>.json`: count, rejects, planned keys) written. 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import multiprocessing.util as mp_util
 import os
 import re
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -157,18 +160,14 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
             for p in todo:
                 records[p.name] = _write_shard(p, maker, out, cfg, on_item=lambda: bar.update(1))
         else:
-            ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
-            init = (cfg, seed, os.getpid())
-            # leaving the block (also on Ctrl-C) terminates the workers
-            with ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=init) as pool:
-                for rec in pool.imap_unordered(_worker_task, todo):
+            # closing(): the workers are stopped before the temp files are removed below, wherever Ctrl-C lands
+            with contextlib.closing(_run_workers(todo, cfg, seed, min(cfg.workers, len(todo)))) as results:
+                for rec in results:
                     records[rec.name] = rec
                     bar.update(len(rec.planned))
-                pool.close()  # let the idle workers exit on their own; the block's terminate() is for failures
-                pool.join()
     except BaseException:
-        # The workers are stopped (the pool joins them). One stopped between creating a temp file and its own
-        # cleanup leaves the file behind, so the temp files go here too.
+        # The workers are stopped and joined. One stopped between creating a temp file and its own cleanup leaves
+        # the file behind, so the temp files go here too.
         _remove_temp(out)
         raise
     finally:
@@ -240,21 +239,94 @@ def _write_shard(plan: ShardPlan, maker: SampleMaker, out: Path, cfg: PrepareCon
     return rec
 
 
+def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -> Iterator[ShardRecord]:
+    """Write the shards of `todo` in `n` worker processes, yielding each record as it is done.
+
+    Not multiprocessing.Pool: each worker has a pipe of its own, so a worker that dies (SIGKILL, out of memory) is
+    an error naming it, and stopping the workers never waits on a queue lock that a dead worker held (Pool then hangs
+    for ever). Leaving the generator early (an error, Ctrl-C) stops the workers: SIGTERM, then SIGKILL after 10 s."""
+    ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
+    workers: dict[Any, Any] = {}  # parent end of the pipe -> process
+    for _ in range(n):
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child, cfg, seed, os.getpid()), daemon=True)
+        proc.start()
+        child.close()
+        workers[conn] = proc
+    pending, busy = list(todo), {}  # conn -> the plan it is writing
+
+    def died(conn) -> DataError:
+        proc = workers[conn]
+        proc.join(5)
+        return DataError(f"a prepare worker died (exit code {proc.exitcode}) while writing {busy[conn].name}, e.g. "
+                         "killed for memory; finished shards are kept, run the same command again (perhaps with "
+                         "fewer data.workers)")
+
+    def give_work(conn) -> None:
+        if pending:
+            busy[conn] = pending.pop(0)
+            try:
+                conn.send(busy[conn])
+            except OSError:  # broken pipe: it died after its last result
+                raise died(conn) from None
+
+    try:
+        for conn in workers:
+            give_work(conn)
+        while busy:
+            for conn in mp_connection.wait(list(busy)):  # a result, or EOF when the worker died
+                try:
+                    ok, value = conn.recv()
+                except (EOFError, OSError):
+                    raise died(conn) from None
+                if not ok:
+                    raise value
+                yield value
+                del busy[conn]
+                give_work(conn)
+        for conn in workers:
+            try:
+                conn.send(None)  # done: the workers return
+            except OSError:
+                pass
+    finally:
+        for proc in workers.values():
+            if proc.is_alive():
+                proc.terminate()
+        for proc in workers.values():
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _worker_main(conn, cfg: PrepareConfig, seed: int, parent: int) -> None:
+    _init_worker(cfg, seed, parent)
+    while (plan := conn.recv()) is not None:
+        try:
+            result = (True, _worker_task(plan))
+        except Exception as e:  # raised again in the parent (as Pool did)
+            result = (False, e)
+        try:
+            conn.send(result)
+        except Exception:  # an exception that does not pickle
+            conn.send((False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}")))
+
+
 _worker: dict[str, Any] = {}
 
 
 def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
-    signal.signal(signal.SIGTERM, _worker_exit)  # from pool.terminate(): unwind so the shard's temp file goes
+    signal.signal(signal.SIGTERM, _worker_exit)  # from the parent when it stops: unwind so the shard's temp file goes
     _exit_with_parent(parent)
     _worker.update(cfg=cfg, maker=SampleMaker(cfg, seed))
 
 
 def _worker_exit(signum, frame):
-    # Unwind, never os._exit: an idle worker holds the pool's task-queue lock while it waits, and the parent's
-    # terminate() needs that lock; unwinding also lets the shard writer remove its temp file. Not again once the
-    # worker is in its exit handlers (a process-group SIGTERM, then the parent's terminate()): raising there prints a
-    # traceback. Not SIG_IGN either: a first SystemExit swallowed inside a __del__ would leave a worker nothing stops.
+    # Unwind, so that the shard writer removes its temp file. Not again once the worker is in its exit handlers (a
+    # process-group SIGTERM, then the parent's): raising there prints a traceback. Not SIG_IGN after the first
+    # either: a first SystemExit swallowed inside a __del__ would leave a worker that only SIGKILL stops.
     if getattr(mp_util, "_exiting", False):
         return
     raise SystemExit(128 + signum)
