@@ -1,3 +1,4 @@
+import contextlib
 import gzip
 import importlib.util
 import json
@@ -249,26 +250,37 @@ def test_a_finished_run_with_workers_prints_nothing_on_stderr(tmp_path):
         assert r.returncode == 0 and r.stderr == ""
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
-def test_sigterm_to_the_process_group_stops_and_does_not_hang(tmp_path):
-    # systemd stop, Slurm scancel and `kill -TERM -PGID` signal the parent and the idle workers together
+@contextlib.contextmanager
+def prepare_process(tmp_path, **data):
+    """pipelines/prepare.py on a config of `data` (out_dir: tmp_path/out), in a process group of its own that is
+    killed on the way out whatever the test did: yields (process, out_dir)."""
     out = tmp_path / "out"
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data:\n  out_dir: {out}\n  num_samples: 600\n  shard_max_samples: 600\n  val_fraction: 0.02\n"
-                   "  workers: 2\n")
+    cfg.write_text("data:\n" + "".join(f"  {k}: {v}\n" for k, v in {"out_dir": out, "workers": 2, **data}.items()))
     p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "prepare.py"), "--config", str(cfg), "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 60
-        while not (out / ".prepare" / "val-000000.tar.json").exists() and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)  # the val worker is now idle, waiting for a task
-        os.killpg(p.pid, signal.SIGTERM)
-        _, err = p.communicate(timeout=30)
+        yield p, out
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
+
+
+def wait_for(condition, seconds=60):
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_sigterm_to_the_process_group_stops_and_does_not_hang(tmp_path):
+    # systemd stop, Slurm scancel and `kill -TERM -PGID` signal the parent and the idle workers together
+    with prepare_process(tmp_path, num_samples=600, shard_max_samples=600, val_fraction=0.02) as (p, out):
+        wait_for(lambda: (out / ".prepare" / "val-000000.tar.json").exists())
+        time.sleep(0.2)  # the val worker is now idle, waiting for a task
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert err.startswith("interrupted: ") and "finished shards kept" in err and err.count("\n") == 1, err
     assert not list(out.rglob(".*.tmp"))
@@ -276,29 +288,14 @@ def test_sigterm_to_the_process_group_stops_and_does_not_hang(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
 def test_sigterm_stops_the_workers_too(tmp_path):
-    out = tmp_path / "out"
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data:\n  out_dir: {out}\n  num_samples: 100000\n  shard_max_samples: 100\n  workers: 2\n")
-    p = subprocess.Popen(
-        [sys.executable, str(REPO / "pipelines" / "prepare.py"), "--config", str(cfg), "--quiet"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 60
-        while not list((out / ".prepare").glob("*.tar.json")) and time.time() < deadline:
-            time.sleep(0.05)
+    with prepare_process(tmp_path, num_samples=100000, shard_max_samples=100) as (p, out):
+        wait_for(lambda: list((out / ".prepare").glob("*.tar.json")))
         workers = _children(p.pid)
         p.terminate()  # SIGTERM to the main process only
         _, err = p.communicate(timeout=30)
-    finally:
-        p.kill()
     assert p.returncode == 130, err
     assert err.startswith("interrupted: ") and err.strip().count("\n") == 0 and "resume" in err
-    deadline = time.time() + 10
-    while any(_alive(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not any(_alive(w) for w in workers), 10)
     assert workers and not [w for w in workers if _alive(w)]
     assert not list(out.glob(".*.tmp"))
 
@@ -341,23 +338,11 @@ def test_interrupt_outside_the_writers_cleanup_leaves_no_temp_file(tmp_path, mon
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
 def test_a_worker_killed_hard_is_an_error_not_a_hang(tmp_path):
     # e.g. the OOM killer: multiprocessing.Pool replaced the worker and waited for its lost result for ever
-    out = tmp_path / "out"
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data:\n  out_dir: {out}\n  num_samples: 3000\n  shard_max_samples: 100\n  workers: 2\n")
-    p = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "prepare.py"), "--config", str(cfg), "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while not list((out / ".prepare").glob("*.tar.json")) and time.time() < deadline:
-            time.sleep(0.02)
+    with prepare_process(tmp_path, num_samples=3000, shard_max_samples=100) as (p, out):
+        wait_for(lambda: list((out / ".prepare").glob("*.tar.json")))
         workers = [w for w in _children(p.pid) if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
         os.kill(workers[0], signal.SIGKILL)
         _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
     assert p.returncode == 1, err
     assert err.startswith("error: a prepare worker died (exit code -9) while writing ") and err.count("\n") == 1, err
     assert not list(out.rglob(".*.tmp")) and not [w for w in workers if _alive(w)]
-
