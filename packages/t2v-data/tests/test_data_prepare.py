@@ -346,3 +346,18 @@ def test_a_worker_killed_hard_is_an_error_not_a_hang(tmp_path):
     assert p.returncode == 1, err
     assert err.startswith("error: a prepare worker died (exit code -9) while writing ") and err.count("\n") == 1, err
     assert not list(out.rglob(".*.tmp")) and not [w for w in workers if _alive(w)]
+
+def test_a_worker_that_cannot_start_reports_its_own_error(tmp_path):
+    # the spawned worker imports this script too (as __mp_main__), so its SampleMaker fails there as well
+    script = tmp_path / "bad_init.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO / 'pipelines')!r})\n"
+        "import t2v_data.prepare as P\nfrom t2v_data.errors import DataError\n\n"
+        "class Bad:\n    def __init__(self, *a):\n        raise DataError('bad.mp4: unusable input')\n\n"
+        "P.SampleMaker = Bad\nimport prepare\n\nif __name__ == '__main__':\n    sys.exit(prepare.main())\n"
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  out_dir: {tmp_path / 'out'}\n  num_samples: 200\n  shard_max_samples: 100\n  workers: 2\n")
+    r = subprocess.run([sys.executable, str(script), "--config", str(cfg), "--quiet"], capture_output=True, text=True,
+                       timeout=120)
+    assert (r.returncode, r.stderr) == (1, "error: bad.mp4: unusable input\n")  # was "a worker died" + a traceback

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import multiprocessing.util as mp_util
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -247,20 +248,14 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
     for ever). Leaving the generator early (an error, Ctrl-C) stops the workers: SIGTERM, then SIGKILL after 10 s."""
     ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
     workers: dict[Any, Any] = {}  # parent end of the pipe -> process
-    for _ in range(n):
-        conn, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(child, cfg, seed, os.getpid()), daemon=True)
-        proc.start()
-        child.close()
-        workers[conn] = proc
     pending, busy = list(todo), {}  # conn -> the plan it is writing
 
-    def died(conn) -> DataError:
+    def died(conn, writing: bool) -> DataError:
         proc = workers[conn]
         proc.join(5)
-        return DataError(f"a prepare worker died (exit code {proc.exitcode}) while writing {busy[conn].name}, e.g. "
-                         "killed for memory; finished shards are kept, run the same command again (perhaps with "
-                         "fewer data.workers)")
+        where = f"while writing {busy[conn].name}" if writing else "between two shards"
+        return DataError(f"a prepare worker died (exit code {proc.exitcode}) {where}, e.g. killed for memory; "
+                         "finished shards are kept, run the same command again (perhaps with fewer data.workers)")
 
     def give_work(conn) -> None:
         if pending:
@@ -268,9 +263,22 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
             try:
                 conn.send(busy[conn])
             except OSError:  # broken pipe: it died after its last result
-                raise died(conn) from None
+                raise died(conn, writing=False) from None
 
+    done = False
     try:
+        for _ in range(n):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, cfg, seed, os.getpid()), daemon=True)
+            # SIGINT blocked while the child starts (it inherits the mask): a Ctrl-C then would print a child
+            # traceback from its imports; the worker ignores SIGINT once set up, the parent stops it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                proc.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                child.close()
+            workers[conn] = proc
         for conn in workers:
             give_work(conn)
         while busy:
@@ -278,7 +286,7 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
                 try:
                     ok, value = conn.recv()
                 except (EOFError, OSError):
-                    raise died(conn) from None
+                    raise died(conn, writing=True) from None
                 if not ok:
                     raise value
                 yield value
@@ -289,8 +297,11 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
                 conn.send(None)  # done: the workers return
             except OSError:
                 pass
+        done = True
     finally:
         for proc in workers.values():
+            if done:
+                proc.join(5)  # they are returning on their own
             if proc.is_alive():
                 proc.terminate()
         for proc in workers.values():
@@ -301,16 +312,35 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
 
 
 def _worker_main(conn, cfg: PrepareConfig, seed: int, parent: int) -> None:
-    _init_worker(cfg, seed, parent)
-    while (plan := conn.recv()) is not None:
+    """A prepare worker: plans in, (True, record) or (False, exception) out, until None or the parent is gone."""
+    try:
+        _init_worker(cfg, seed, parent)
+        setup_error = None
+    except Exception as e:  # reported as the answer to the first plan, raised again in the parent
+        setup_error = e
+    while True:
         try:
-            result = (True, _worker_task(plan))
-        except Exception as e:  # raised again in the parent (as Pool did)
-            result = (False, e)
+            plan = conn.recv()
+        except (EOFError, OSError):  # the parent is gone or stopped us
+            return
+        if plan is None:
+            return
+        if setup_error is not None:
+            result = (False, setup_error)
+        else:
+            try:
+                result = (True, _worker_task(plan))
+            except Exception as e:  # raised again in the parent (as Pool did)
+                result = (False, e)
+        if not result[0]:
+            try:  # an exception that pickles but cannot be rebuilt would surface as an unrelated TypeError
+                pickle.loads(pickle.dumps(result[1]))
+            except Exception:
+                result = (False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}"))
         try:
             conn.send(result)
-        except Exception:  # an exception that does not pickle
-            conn.send((False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}")))
+        except (EOFError, OSError):
+            return
 
 
 _worker: dict[str, Any] = {}
