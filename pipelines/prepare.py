@@ -17,7 +17,7 @@ from t2v_data.prepare_config import prepare_config_from_experiment
 
 
 def _stop(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the worker pool is terminated on the way out
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: the worker processes are stopped on the way out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -31,7 +31,17 @@ from .config import to_dict
 from .errors import DataError
 from .file_sources import Reject, WorkItem
 from .prepare_config import PrepareConfig, config_hash
-from .shards import FORMAT, MANIFEST, REJECTS, SPLITS, ShardWriter, shard_name, write_bytes_atomic, write_json_atomic
+from .shards import (
+    FORMAT,
+    MANIFEST,
+    REJECTS,
+    SPLITS,
+    ShardWriter,
+    json_bytes,
+    shard_name,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from .sources import SampleMaker, estimated_bytes, list_work
 
 STATE_DIR = ".prepare"
@@ -144,7 +154,7 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     if todo or stale:
         (out / MANIFEST).unlink(missing_ok=True)  # only a finished run has a manifest
     data = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # so that --workers alone rewrites nothing
-    _write_if_changed(state / "config.json", _json_bytes({"config_hash": digest, "seed": seed, "data": data}))
+    _write_if_changed(state / "config.json", json_bytes({"config_hash": digest, "seed": seed, "data": data}))
     _remove_stale(out, planned)
 
     bar = tqdm(
@@ -523,10 +533,6 @@ def _rejects_note(out: Path, rejects: list[Reject]) -> str:
         return f"{len(rejects)} rejected, see {out / REJECTS}"
     first = f", first: {rejects[0].source_id}: {rejects[0].reason}" if rejects else ""
     return f"{len(rejects)} rejected{first}; the finished dataset in {out} is left as it was"
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:

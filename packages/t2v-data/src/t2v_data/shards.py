@@ -145,8 +145,13 @@ class ShardWriter:
             self.abort()
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `write_json_atomic` writes: indented, sorted keys, UTF-8."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 def keep_umask_mode(tmp: str | Path) -> None:

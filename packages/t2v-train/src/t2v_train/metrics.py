@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from t2v_data.shards import write_bytes_atomic
 
 
 class MetricsLog:
@@ -23,9 +24,8 @@ class MetricsLog:
         if self.path.is_file() and after_step > 0:
             kept = [line for line in self.path.read_text(errors="replace").splitlines()
                     if (row := _row(line)) is not None and row.get("step", 0) <= after_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")  # a crash mid-rewrite keeps the old log whole
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        # temp file + rename: a crash mid-rewrite keeps the old log whole
+        write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode())
         try:
             from torch.utils.tensorboard import SummaryWriter
 
