@@ -40,9 +40,9 @@ def build_ours(args, device="cpu", gradient_checkpointing: bool = False, compile
     (`cuda_graph_train_step`; CUDA only)."""
     from t2v_model import Unet3D, UnetConfig
 
-    cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim,
-                     gradient_checkpointing=gradient_checkpointing)
+    cfg = UnetConfig(dim=args.dim, dim_mults=tuple(args.mults), cond_dim=args.cond_dim)
     model = Unet3D(cfg).to(device)
+    model.gradient_checkpointing = gradient_checkpointing
     net = torch.compile(model, mode=compile_mode) if compile else model
 
     graphs = compile and compile_mode == "reduce-overhead"

@@ -13,15 +13,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from t2v_data.config import build
 from t2v_data.prepare import run_prepare
-from t2v_data.prepare_config import PrepareConfig
+from t2v_data.prepare_config import prepare_config
 
 
 def measure(size: int, frames: int, samples: int, workers: int, shard: int) -> float:
     with tempfile.TemporaryDirectory(prefix="t2v-prepare-bench-") as tmp:
-        cfg = build(
-            PrepareConfig,
+        cfg = prepare_config(
             {
                 "out_dir": tmp,
                 "size": size,
@@ -29,8 +27,7 @@ def measure(size: int, frames: int, samples: int, workers: int, shard: int) -> f
                 "num_samples": samples,
                 "workers": workers,
                 "shard_max_samples": shard,
-            },
-            "data",
+            }
         )
         return run_prepare(cfg, seed=0, progress=False).clips_per_s
 

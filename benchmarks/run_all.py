@@ -332,19 +332,22 @@ def part_scaling(args) -> dict:
 
 def quickstart_model():
     import yaml
-    from t2v_model.config import DiffusionConfig, UnetConfig, from_dict
+
+    from t2v_model.config import DiffusionConfig, UnetConfig
+    from t2v_model.schema import build
 
     exp = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
-    return (from_dict(UnetConfig, exp["model"]["unet"], "model.unet"),
-            from_dict(DiffusionConfig, exp["model"]["diffusion"], "model.diffusion"), exp)
+    return (build(UnetConfig, exp["model"]["unet"], "model.unet"),
+            build(DiffusionConfig, exp["model"]["diffusion"], "model.diffusion"), exp)
 
 
 def part_pipeline(args) -> dict:
     import embed_speed
     import prepare_speed
-    from t2v_data.config import build
+
     from t2v_data.prepare import run_prepare
-    from t2v_data.prepare_config import PrepareConfig
+    from t2v_data.prepare_config import prepare_config
+    from t2v_data.shards import Manifest
     from t2v_model import Unet3D
     from t2v_model.diffusion import GaussianDiffusion
     from t2v_model.text_encoder import load_text_encoder
@@ -376,19 +379,17 @@ def part_pipeline(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="t2v-bench-shards-") as tmp:
         tmp = Path(tmp)
         data = dict(exp["data"], out_dir=str(tmp / "raw"), num_samples=n, workers=2, shard_max_samples=max(n // 8, 1))
-        run_prepare(build(PrepareConfig, data, "data"), seed=0, progress=False)
+        run_prepare(prepare_config(data), seed=0, progress=False)
         tokens = bool(exp.get("embed", {}).get("tokens", False))
         run_embed(EmbedConfig(in_dir=str(tmp / "raw"), out_dir=str(tmp / "emb"), cache_dir=str(tmp / "cache"),
                               tokens=tokens, max_length=exp.get("embed", {}).get("max_length", 77)),
                   encoder=encoder, progress=False)
-        shards = tdata.shard_list(tmp / "emb", "train")
+        shards = Manifest.read(tmp / "emb")
         cpu = torch.device("cpu")
 
         def to_inputs(batch):  # what the trainer does with a batch before the forward
             x = tdata.to_model_input(batch["video"], cpu)
-            if hasattr(tdata, "text_inputs"):
-                return x, tdata.text_inputs(batch, cpu)
-            return x, {"text": batch["text"]}
+            return x, tdata.text_inputs(batch, cpu)
 
         reads = {}
         for workers in (0, 1):

@@ -13,9 +13,9 @@ import argparse
 import logging
 import sys
 
-from t2v_data.config import ConfigError, load_yaml
-from t2v_model.text_encoder import TextEncoderError
-from t2v_textenc import CacheError, ShardError, embed_config_from_experiment, run_embed
+from t2v_data.experiment import load_yaml
+from t2v_model.cli import run
+from t2v_textenc import embed_config_from_experiment, run_embed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,20 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def stage() -> str:
         cfg = embed_config_from_experiment(load_yaml(args.config, args.overrides))
-        summary = run_embed(cfg, progress=not args.quiet)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (ShardError, TextEncoderError, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(summary.format())
-    return 0
+        return run_embed(cfg, progress=not args.quiet).format()
+
+    return run(stage, interrupted="finished shards are kept; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from t2v_data.config import ConfigError
 from t2v_model.allocator import keep_freed_memory
-from t2v_model.checkpoint import CheckpointError
-from t2v_model.text_encoder import TextEncoderError
+from t2v_model.cli import run
 from t2v_train import load_experiment
 from t2v_train.evaluate import evaluate, format_table
 
@@ -27,19 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.num_prompts=64")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     keep_freed_memory()  # sampling re-allocates the same activations every step (t2v_model/allocator.py)
-    try:
-        result = evaluate(load_experiment(args.config, args.overrides), args.checkpoint, progress=not args.quiet)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, TextEncoderError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(format_table(result))
-    return 0
+    return run(lambda: format_table(evaluate(load_experiment(args.config, args.overrides), args.checkpoint,
+                                             progress=not args.quiet)))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
     uv run pipelines/generate.py --checkpoint runs/quickstart/model --prompt "a red circle moving left" \
         --steps 50 --guidance 3 --seed 0 --out samples/red_left.mp4
 
-Bad flag values or an unusable --out / --device: one `error: ...` line and exit 2, before anything loads (unknown
-flags: argparse's usage message, exit 2); a missing or corrupt checkpoint or text encoder: one line and exit 1,
-before sampling.
+Bad flag values or an unusable --out / --device: one `config error: ...` line and exit 2, before anything loads
+(unknown flags: argparse's usage message, exit 2); a missing or corrupt checkpoint or text encoder: one `error: ...`
+line and exit 1, before sampling.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from t2v_model.allocator import keep_freed_memory
-from t2v_model.checkpoint import CheckpointError
+from t2v_model.cli import run
+from t2v_model.errors import ConfigError, T2VError
 from t2v_model.pipeline import TextToVideo, check_sampling, resolve_device
-from t2v_model.text_encoder import TextEncoderError
 from t2v_model.video_io import output_extension, save_grid, save_video
 
 OUT_HELP = (".mp4 / .gif / .png (any case), or no extension for all three. An existing directory or a path ending in / "
@@ -44,50 +44,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    phase = "sampling"
 
-    problem = _flag_error(args)
-    if problem:
-        return _fail(problem)
-    video_paths, grid_path = _output_paths(args.out, args.prompt)
-    keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
-    try:
+    def stage() -> str:
+        nonlocal phase
+        problem = _flag_error(args)  # before anything loads
+        if problem:
+            raise ConfigError(problem)
+        video_paths, grid_path = _output_paths(args.out, args.prompt)
+        keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
         pipe = TextToVideo.from_pretrained(args.checkpoint, device=resolve_device(args.device))
         if args.steps > pipe.diffusion.num_timesteps:
-            return _fail(f"--steps: at most {pipe.diffusion.num_timesteps} for this checkpoint (its diffusion "
-                         f"timesteps), got {args.steps}")
+            raise ConfigError(f"--steps: at most {pipe.diffusion.num_timesteps} for this checkpoint (its diffusion "
+                              f"timesteps), got {args.steps}")
         start = time.perf_counter()
         videos = pipe.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                sampler=args.sampler, eta=args.eta, progress=not args.quiet)
-    except (CheckpointError, TextEncoderError) as e:
-        return _fail(str(e), rc=1)
-    except ValueError as e:  # a sampling setting the cheap checks could not judge
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        phase = "writing"
+        fps, written, problem = pipe.card.data.fps, [], None
+        try:
+            for path, video in zip(video_paths, videos):
+                written += save_video(path, video, fps=fps, scale=args.scale)
+            if grid_path is not None:
+                written += save_grid(grid_path, videos, fps=fps, scale=args.scale)
+        except OSError as e:  # checked up front, so rare (disk full, ...): still list what was written
+            problem = f"--out: cannot write {e.filename or args.out}: {e.strerror or e}"
+        summary = "\n".join([f"{len(videos)} video(s) in {seconds:.1f} s ({args.steps} {args.sampler} steps, "
+                              f"guidance {args.guidance})", *(f"  {path}" for path in written)])
+        if problem:
+            print(summary)
+            raise T2VError(problem)
+        return summary
 
-    fps, written, problem = pipe.card.data.fps, [], None
-    try:
-        for path, video in zip(video_paths, videos):
-            written += save_video(path, video, fps=fps, scale=args.scale)
-        if grid_path is not None:
-            written += save_grid(grid_path, videos, fps=fps, scale=args.scale)
-    except OSError as e:  # checked up front, so rare (disk full, ...): still list what was written
-        problem = f"--out: cannot write {e.filename or args.out}: {e.strerror or e}"
-    except KeyboardInterrupt:
-        print("interrupted: the files written so far are complete (each is written whole or not at all)",
-              file=sys.stderr)
-        return 130
-    print(f"{len(videos)} video(s) in {seconds:.1f} s ({args.steps} {args.sampler} steps, guidance {args.guidance})")
-    for path in written:
-        print(f"  {path}")
-    return _fail(problem, rc=1) if problem else 0
+    def interrupted() -> str:
+        if phase == "sampling":
+            return "nothing was written"
+        return "the files written so far are complete (each is written whole or not at all)"
 
-
-def _fail(message: str, rc: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return rc
+    return run(stage, interrupted=interrupted)
 
 
 def _flag_error(args) -> str | None:
@@ -99,7 +94,7 @@ def _flag_error(args) -> str | None:
     try:  # the library's own checks, each message naming its argument: "steps: ...", "device NAME: ..."
         check_sampling(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta, seed=args.seed)
         resolve_device(args.device)
-    except ValueError as e:
+    except ConfigError as e:
         return f"--{e}"
     return _out_error(args.out)
 

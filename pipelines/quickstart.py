@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning threads make a training
 # step up to ~8x slower (measured on 2 cores under load); must be set before torch is imported.
@@ -24,8 +23,10 @@ import evaluate  # noqa: E402
 import generate  # noqa: E402
 import prepare  # noqa: E402
 import train  # noqa: E402
-from t2v_data.config import ConfigError, load_yaml  # noqa: E402
+
+from t2v_data.experiment import Paths, load_yaml  # noqa: E402
 from t2v_data.prepare_config import prepare_config_from_experiment  # noqa: E402
+from t2v_model.cli import run  # noqa: E402
 from t2v_textenc.config import embed_config_from_experiment  # noqa: E402
 from t2v_train.config import load_experiment  # noqa: E402
 
@@ -40,17 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="dotted overrides for every stage, e.g. train.steps=300")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
-    try:
-        raw = load_yaml(args.config, args.overrides)
+    raw: dict = {}
+
+    def check() -> None:
+        raw.update(load_yaml(args.config, args.overrides))
         # every stage's section up front: a typo in train.* should not surface after prepare and embed have run
         prepare_config_from_experiment(raw)
         embed_config_from_experiment(raw)
         load_experiment(None, raw=raw)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    out_dir = Path((raw.get("train") or {}).get("out_dir") or f"runs/{raw.get('name')}")
-    gen = (raw.get("evaluate") or {})
+
+    rc = run(check)
+    if rc:
+        return rc
+    out_dir = Paths(raw).run
+    gen = raw.get("evaluate") or {}
     common = ["--config", args.config, *(["--quiet"] if args.quiet else [])]
     stages = [
         ("prepare", lambda: prepare.main(common + args.overrides)),
@@ -63,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         ("evaluate", lambda: evaluate.main(common + args.overrides)),
     ]
     total = time.perf_counter()
-    for name, run in stages:
+    for name, stage in stages:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        rc = run()
+        rc = stage()
         print(f"--- {name}: {time.perf_counter() - start:.0f} s", flush=True)
         if rc == 130:
             print(f"quickstart stopped: interrupted in the {name} stage; the same command resumes", file=sys.stderr)

@@ -47,9 +47,9 @@ def test_generate_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert rc == 1 and err.startswith("error:") and "not found" in err and "\n" not in err  # 1: input, not usage
 
 
-def _one_line_error(capsys, starts: str) -> str:
+def _one_line_error(capsys, starts: str, kind: str = "error") -> str:
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {starts}") and "\n" not in err, err
+    assert err.startswith(f"{kind}: {starts}") and "\n" not in err, err
     return err
 
 
@@ -75,7 +75,7 @@ def test_bad_flags_are_one_line_errors_before_sampling(checkpoint, tmp_path, mon
     monkeypatch.setattr(generate.TextToVideo, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
     rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--out", "v.gif", *flags])
     assert rc == 2
-    assert expected in _one_line_error(capsys, "--")
+    assert expected in _one_line_error(capsys, "--", "config error")
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
@@ -84,7 +84,7 @@ def test_an_unwritable_out_is_refused_before_sampling_also_as_root(checkpoint, c
     monkeypatch.setattr(generate.TextToVideo, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
     rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--out", "/proc/v.gif"])
     assert rc == 2
-    assert "--out /proc/v.gif: /proc is not writable" in _one_line_error(capsys, "--")
+    assert "--out /proc/v.gif: /proc is not writable" in _one_line_error(capsys, "--", "config error")
 
 
 def test_ctrl_c_while_sampling_is_one_line_and_exit_130(checkpoint, tmp_path, capsys, monkeypatch):

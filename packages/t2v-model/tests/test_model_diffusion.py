@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from t2v_model import DiffusionConfig, ModelConfigError
+from t2v_model import ConfigError, DiffusionConfig
 from t2v_model.diffusion import GaussianDiffusion
 from t2v_model.samplers import ddim_sample, ddim_step, ddpm_sample, ddpm_step, respaced, timestep_schedule
 
@@ -108,10 +108,10 @@ def test_parameterisations_round_trip():
 
 
 def test_min_snr_weights_and_loss():
-    d = GaussianDiffusion(DiffusionConfig(min_snr_gamma=5.0, prediction="eps"))
+    d = GaussianDiffusion(DiffusionConfig(prediction="eps"))
     t = torch.tensor([0, 999])
     snr = d._get("snr", t.device)[t]
-    w = d.min_snr_weight(t)
+    w = d.min_snr_weight(t, 5.0)
     assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
     assert w[0] < 1e-2 and w[1] == pytest.approx(1.0)  # low noise down-weighted, high noise kept
 
@@ -121,8 +121,10 @@ def test_min_snr_weights_and_loss():
 
     x0 = torch.zeros(2, 3, 1, 2, 2)
     noise = torch.ones_like(x0)
-    loss = GaussianDiffusion(DiffusionConfig(loss="l2")).training_loss(Zero(), x0, None, t=t, noise=noise)
+    loss = GaussianDiffusion(DiffusionConfig()).training_loss(Zero(), x0, None, t=t, noise=noise, loss="l2")
     assert loss.item() == pytest.approx(1.0)  # zero prediction vs unit eps
+    weighted = d.training_loss(Zero(), x0, None, t=t, noise=noise, min_snr_gamma=5.0)
+    assert weighted.item() == pytest.approx(w.mean().item())
 
 
 def test_dynamic_thresholding():
@@ -165,7 +167,7 @@ def test_linspace_spacing_rounds_the_exact_grid():
 
 def test_linear_schedule_rejects_too_few_timesteps():
     # the last beta is 20/T: at T <= 20 abar reaches 0 (or below) and sampling divides by it
-    with pytest.raises(ModelConfigError, match="timesteps: the linear schedule"):
+    with pytest.raises(ConfigError, match="timesteps: the linear schedule"):
         DiffusionConfig(timesteps=20, schedule="linear").validate()
     DiffusionConfig(timesteps=20, schedule="cosine").validate()
     abar = GaussianDiffusion(DiffusionConfig(timesteps=21, schedule="linear"))._f64["alphas_cumprod"]
@@ -189,16 +191,13 @@ def test_schedule_shift_moves_log_snr_by_two_log_shift(shift):
 
 
 def test_prior_fraction_draws_that_share_of_t_from_the_last_percent():
-    d = GaussianDiffusion(DiffusionConfig(prior_fraction=0.3))
-    t = d.sample_timesteps(20000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    d = GaussianDiffusion(DiffusionConfig())
+    t = d.sample_timesteps(20000, torch.device("cpu"), torch.Generator().manual_seed(0), prior_fraction=0.3)
     late = (t >= 990).float().mean().item()
     assert abs(late - (0.3 + 0.7 * 0.01)) < 0.015
     assert t.min() >= 0 and t.max() <= 999
     plain = GaussianDiffusion(DiffusionConfig()).sample_timesteps(1000, torch.device("cpu"),
                                                                   torch.Generator().manual_seed(0))
     assert abs((plain >= 990).float().mean().item() - 0.01) < 0.01
-    with pytest.raises(Exception, match="prior_fraction"):
-        DiffusionConfig(prior_fraction=1.0).validate()
-    # a per-call value overrides the config's (the trainer anneals it)
     t0 = d.sample_timesteps(20000, torch.device("cpu"), torch.Generator().manual_seed(0), prior_fraction=0.0)
     assert abs((t0 >= 990).float().mean().item() - 0.01) < 0.01

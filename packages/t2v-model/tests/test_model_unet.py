@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2v_model import ModelConfigError, Unet3D, UnetConfig
+from t2v_model import ConfigError, Unet3D, UnetConfig
 from t2v_model.attention import (
     RelativePositionBias,
     SpatialLinearAttention,
     TemporalAttention,
-    rotate_rows,
     rotary_cis,
+    rotate_rows,
 )
 
 
@@ -212,12 +212,12 @@ def test_tiny_unet_overfits_one_batch():
 
 
 def test_config_validation_names_the_key():
-    with pytest.raises(ModelConfigError, match="attn_dim_head: must be even when below 32, got 3"):
+    with pytest.raises(ConfigError, match="attn_dim_head: must be even when below 32, got 3"):
         UnetConfig(attn_dim_head=3).validate()
     UnetConfig(attn_dim_head=33).validate()  # rotary uses 32 of its channels
-    with pytest.raises(ModelConfigError, match="resnet_groups"):
+    with pytest.raises(ConfigError, match="resnet_groups"):
         Unet3D(UnetConfig(dim=12, resnet_groups=8))
-    with pytest.raises(ModelConfigError, match="init_kernel_size"):
+    with pytest.raises(ConfigError, match="init_kernel_size"):
         Unet3D(UnetConfig(init_kernel_size=4))
     model = tiny()
     with pytest.raises(ValueError, match="text embedding"):

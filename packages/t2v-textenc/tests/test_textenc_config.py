@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2v_data.config import ConfigError, load_yaml
+from t2v_data.experiment import load_yaml
+from t2v_model.errors import ConfigError
 from t2v_textenc import CachedEmbedding, EmbeddingCache, embed_config_from_experiment
 
 REPO = Path(__file__).resolve().parents[3]

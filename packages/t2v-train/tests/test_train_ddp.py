@@ -68,12 +68,13 @@ def test_two_gloo_ranks_end_with_identical_parameters(shards, tiny_raw, tmp_path
 
 
 def test_ranks_read_disjoint_samples(shards):
-    from t2v_train.data import TrainStream, shard_list
+    from t2v_data.shards import Manifest
+    from t2v_train.data import TrainStream
 
-    files = shard_list(shards, "train")
+    manifest = Manifest.read(shards)
     keys = []
     for rank in (0, 1):
-        stream = TrainStream(files, batch_size=1, seed=0, rank=rank, world_size=2, shuffle_buffer=8)
-        keys.append([s["__key__"] for s, _ in zip(stream.samples(rank, 2), range(24))])
+        stream = TrainStream(manifest, batch_size=1, seed=0, rank=rank, world_size=2, shuffle_buffer=8)
+        keys.append([s["key"] for s, _ in zip(stream.samples(rank, 2), range(24))])
     assert len(set(keys[0])) == 24 and len(set(keys[1])) == 24  # one epoch each: every sample once
     assert not set(keys[0]) & set(keys[1])

@@ -88,7 +88,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(make_experiment, shards,
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(make_experiment, monkeypatch):
     from t2v_model.diffusion import GaussianDiffusion
-    from t2v_train import TrainingError
+    from t2v_model.errors import TrainingError
 
     real, calls = GaussianDiffusion.training_loss, []
 
@@ -232,7 +232,7 @@ def test_a_kill_while_pruning_or_replacing_never_leaves_a_half_checkpoint(tmp_pa
 
 
 def test_resuming_on_shards_of_another_encoder_is_refused(make_experiment):
-    from t2v_train.trainer import TrainingError
+    from t2v_model.errors import TrainingError
 
     exp = make_experiment(steps=2, checkpoint_every=2)
     train(exp, progress=False)

@@ -6,18 +6,45 @@ train-labels-idx1-ubyte[.gz]) or, offline by default, from scikit-learn's bundle
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from t2v_model.errors import ConfigError, DataError
+
 from .palette import BACKGROUNDS, COLORS
-from .prepare_config import PrepareConfig
-from .shapes import motion_phrase
+from .shapes import DIRECTIONS, MAX_FILL, check_fractions, check_name, check_names, motion_phrase
+from .sources import SyntheticSource
 from .trajectory import plan_track
+
+if TYPE_CHECKING:
+    from .prepare_config import PrepareConfig
+
+
+@dataclass
+class DigitsConfig:
+    # folder with MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]);
+    # None = scikit-learn's bundled 8x8 digits, upscaled (offline)
+    mnist_dir: str | None = None
+    motions: list[str] = field(default_factory=lambda: list(DIRECTIONS) + ["bounce"])
+    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.3, "fast": 0.5})
+    digit_size: float = 0.42  # digit box side as a fraction of the canvas side (27 px on 64)
+    color: str = "white"
+    background: str = "black"
+
+    def validate(self) -> None:
+        check_names("motions", self.motions, DIRECTIONS + ("bounce",))
+        check_fractions("speeds", self.speeds)
+        if not 0.1 <= self.digit_size <= 0.8:
+            raise ConfigError(f"digit_size: must be in [0.1, 0.8], got {self.digit_size}")
+        if self.digit_size + max(self.speeds.values()) > MAX_FILL:
+            raise ConfigError(f"speeds: digit_size + largest speed must be <= {MAX_FILL}")
+        check_name("color", self.color, COLORS)
+        check_name("background", self.background, BACKGROUNDS)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -114,3 +141,14 @@ class DigitsGenerator:
         }
         text = f"the digit {digit} {motion_phrase(motion)}"
         return video, [text], attrs
+
+
+class Digits(SyntheticSource):
+    name = "digits"
+    config = DigitsConfig
+
+    def generator(self, cfg: PrepareConfig, seed: int) -> DigitsGenerator:
+        return DigitsGenerator(cfg, seed)
+
+
+SOURCE = Digits()

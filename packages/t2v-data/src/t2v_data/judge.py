@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .palette import BACKGROUNDS, COLORS, nearest, rgb_distance
-from .prepare_config import DIRECTIONS, MOTIONS, SHAPES
+from .shapes import DIRECTIONS, MOTIONS, SHAPES
 from .trajectory import DIRECTION_VECTORS
 
 MIN_PEAK = 40.0  # below this distance from the background nothing counts as an object

@@ -7,45 +7,48 @@ and its record (`.prepare/<shard>.json`: count, rejects, planned keys) written. 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
-import multiprocessing.connection as mp_connection
 import multiprocessing.util as mp_util
 import os
-import pickle
 import re
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from .config import to_dict
-from .errors import DataError
-from .file_sources import Reject, WorkItem
+from t2v_model.config import DataGeometry
+from t2v_model.errors import DataError
+from t2v_model.files import TEMP_SUFFIX, json_bytes, read_json, write_if_changed, write_json_atomic
+from t2v_model.schema import to_dict
+
 from .prepare_config import PrepareConfig, config_hash
+from .registry import SOURCES
 from .shards import (
-    FORMAT,
     MANIFEST,
     REJECTS,
+    SHARD_RE,
     SPLITS,
+    Manifest,
+    ShardEntry,
     ShardWriter,
-    json_bytes,
+    Split,
+    rejects_bytes,
     shard_name,
-    write_bytes_atomic,
-    write_json_atomic,
 )
-from .sources import SampleMaker, estimated_bytes, list_work
+from .sources import Reject, WorkItem, estimated_bytes
 
 STATE_DIR = ".prepare"
-SHARD_RE = re.compile(r"^(train|val)-\d{6}\.tar$")
 
 
 @dataclass
@@ -87,7 +90,8 @@ class PrepareSummary:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        per = ", ".join(f"{s} {self.counts[s]} clips in {self.shards[s]} shards" for s in SPLITS)
+        per = ", ".join(f"{s} {self.counts[s]} clips in {self.shards[s]} shards" for s in SPLITS
+                        if s != "test" or self.counts[s])
         return [
             f"wrote {self.out_dir}: {per}",
             f"rejects {self.rejects} (see {Path(self.out_dir) / REJECTS}); shards written {self.written}, "
@@ -101,6 +105,11 @@ def split_of(source_id: str, val_fraction: float) -> str:
     return "val" if h < val_fraction else "train"
 
 
+def item_split(item: WorkItem, cfg: PrepareConfig) -> str:
+    """The split the source prescribes (MSR-VTT's official one), else a stable hash of the source id."""
+    return item.split or split_of(item.source_id, cfg.val_fraction)
+
+
 def plan_shards(items: list[WorkItem], cfg: PrepareConfig) -> list[ShardPlan]:
     """Pack items, in listing order and per split, into shards within shard_max_samples / shard_max_bytes
     (a single item larger than the byte limit gets a shard of its own)."""
@@ -108,7 +117,7 @@ def plan_shards(items: list[WorkItem], cfg: PrepareConfig) -> list[ShardPlan]:
     for split in SPLITS:
         current: list[WorkItem] = []
         size = 1024
-        for it in (i for i in items if split_of(i.source_id, cfg.val_fraction) == split):
+        for it in (i for i in items if item_split(i, cfg) == split):
             n = estimated_bytes(it, cfg)
             if current and (len(current) >= cfg.shard_max_samples or size + n > cfg.shard_max_bytes):
                 plans.append(ShardPlan(split, len([p for p in plans if p.split == split]), current))
@@ -135,7 +144,8 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
         _clear(out)
     _check_owner(out, digest)
 
-    items, rejects = list_work(cfg)
+    source = SOURCES[cfg.source]
+    items, rejects = source.list_work(cfg)
     if not items:
         raise DataError(f"{cfg.source}: no usable inputs ({_rejects_note(out, rejects)})")
     plans = plan_shards(items, cfg)
@@ -154,7 +164,7 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     if todo or stale:
         (out / MANIFEST).unlink(missing_ok=True)  # only a finished run has a manifest
     data = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # so that --workers alone rewrites nothing
-    _write_if_changed(state / "config.json", json_bytes({"config_hash": digest, "seed": seed, "data": data}))
+    write_if_changed(state / "config.json", json_bytes({"config_hash": digest, "seed": seed, "data": data}))
     _remove_stale(out, planned)
 
     bar = tqdm(
@@ -167,9 +177,9 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     )
     try:
         if cfg.workers == 1 or len(todo) <= 1:
-            maker = SampleMaker(cfg, seed)
+            make = source.maker(cfg, seed)
             for p in todo:
-                records[p.name] = _write_shard(p, maker, out, cfg, on_item=lambda: bar.update(1))
+                records[p.name] = _write_shard(p, make, out, cfg, on_item=lambda: bar.update(1))
         else:
             # closing(): the workers are stopped before the temp files are removed below, wherever Ctrl-C lands
             with contextlib.closing(_run_workers(todo, cfg, seed, min(cfg.workers, len(todo)))) as results:
@@ -185,35 +195,27 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
         bar.close()
 
     rejects += [Reject(**r) for p in plans for r in records[p.name].rejects]
-    _write_if_changed(out / REJECTS, _rejects_bytes(rejects))
-    splits = {s: {"count": 0, "shards": []} for s in SPLITS}
+    write_if_changed(out / REJECTS, rejects_bytes(r.to_json() for r in rejects))
+    splits: dict[str, Split] = {}
     for p in plans:
         rec = records[p.name]
         if rec.count:
-            splits[p.split]["shards"].append({"name": p.name, "count": rec.count, "sha256": rec.sha256})
-            splits[p.split]["count"] += rec.count
-    total = sum(s["count"] for s in splits.values())
-    if not total:
+            split = splits.setdefault(p.split, Split())
+            split.shards.append(ShardEntry(p.name, rec.count, rec.sha256))
+            split.count += rec.count
+    if not splits:
         raise DataError(f"{cfg.source}: every input was rejected ({len(rejects)}, see {out / REJECTS})")
-    manifest = {
-        "format": FORMAT,
-        "stage": "prepare",
-        "source": cfg.source,
-        "geometry": cfg.geometry,
-        "config_hash": digest,
-        "splits": splits,
-        "rejects": len(rejects),
-    }
-    old = _read_json(out / MANIFEST)
-    if old and {k: v for k, v in old.items() if k != "created"} == manifest:
+    manifest = Manifest(stage="prepare", source=cfg.source, geometry=DataGeometry(**cfg.geometry),
+                        config_hash=digest, splits=splits, rejects=len(rejects))
+    old = _read_manifest(out)
+    if old is not None and old == dataclasses.replace(manifest, created=old.created):
         manifest = old  # nothing changed: keep the file (and its creation time) as is
     else:
-        manifest["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_json_atomic(out / MANIFEST, manifest)
+        manifest.write(out)
     return PrepareSummary(
         str(out),
-        {s: splits[s]["count"] for s in SPLITS},
-        {s: len(splits[s]["shards"]) for s in SPLITS},
+        {s: manifest.count(s) for s in SPLITS},
+        {s: len(manifest.shards(s)) for s in SPLITS},
         len(rejects),
         written=len(todo),
         skipped=len(plans) - len(todo),
@@ -223,12 +225,13 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
     )
 
 
-def _write_shard(plan: ShardPlan, maker: SampleMaker, out: Path, cfg: PrepareConfig, on_item=None) -> ShardRecord:
+def _write_shard(plan: ShardPlan, make: Callable[[WorkItem], Any], out: Path, cfg: PrepareConfig,
+                 on_item=None) -> ShardRecord:
     rejects: list[dict[str, str]] = []
     writer = ShardWriter(out / plan.name, max_samples=cfg.shard_max_samples, max_bytes=cfg.shard_max_bytes)
     try:
         for it in plan.items:
-            result = maker.make(it)
+            result = make(it)
             if isinstance(result, Reject):
                 rejects.append(result.to_json())
             else:
@@ -251,106 +254,63 @@ def _write_shard(plan: ShardPlan, maker: SampleMaker, out: Path, cfg: PrepareCon
 
 
 def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -> Iterator[ShardRecord]:
-    """Write the shards of `todo` in `n` worker processes, yielding each record as it is done.
-
-    Not multiprocessing.Pool: each worker has a pipe of its own, so a worker that dies (SIGKILL, out of memory) is
-    an error naming it, and stopping the workers never waits on a queue lock that a dead worker held (Pool then hangs
-    for ever). Leaving the generator early (an error, Ctrl-C) stops the workers: SIGTERM, then SIGKILL after 10 s."""
-    ctx = mp.get_context("spawn")  # fork is unsafe once a caller has imported torch / started threads
-    workers: dict[Any, Any] = {}  # parent end of the pipe -> process
-    pending, busy = list(todo), {}  # conn -> the plan it is writing
-
-    def died(conn, writing: bool) -> DataError:
-        proc = workers[conn]
-        proc.join(5)
-        where = f"while writing {busy[conn].name}" if writing else "between two shards"
-        return DataError(f"a prepare worker died (exit code {proc.exitcode}) {where}, e.g. killed for memory; "
-                         "finished shards are kept, run the same command again (perhaps with fewer data.workers)")
-
-    def give_work(conn) -> None:
-        if pending:
-            busy[conn] = pending.pop(0)
-            try:
-                conn.send(busy[conn])
-            except OSError:  # broken pipe: it died after its last result
-                raise died(conn, writing=False) from None
-
+    """Write the shards of `todo` in `n` worker processes, yielding each record as it is done. A worker that dies
+    (SIGKILL, out of memory) is a DataError naming the shards in flight. Leaving early (an error, Ctrl-C, SIGTERM)
+    cancels the shards not started and stops the workers (SIGTERM, so the shard being written removes its temp
+    file; SIGKILL after 10 s): none goes on writing."""
+    pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"),  # fork is unsafe once torch / threads run
+                               initializer=_init_worker, initargs=(cfg, seed, os.getpid()))
+    # the workers start inside submit(), and inherit this mask: a Ctrl-C during their imports would print their
+    # tracebacks. They ignore SIGINT once set up; the parent stops them
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        futures = {pool.submit(_worker_task, plan): plan for plan in todo}
+        workers = mp.active_children()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     done = False
     try:
-        for _ in range(n):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, cfg, seed, os.getpid()), daemon=True)
-            # SIGINT blocked while the child starts (it inherits the mask): a Ctrl-C then would print a child
-            # traceback from its imports; the worker ignores SIGINT once set up, the parent stops it
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        for future in as_completed(futures):
             try:
-                proc.start()
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-                child.close()
-            workers[conn] = proc
-        for conn in workers:
-            give_work(conn)
-        while busy:
-            for conn in mp_connection.wait(list(busy)):  # a result, or EOF when the worker died
-                try:
-                    ok, value = conn.recv()
-                except (EOFError, OSError):
-                    raise died(conn, writing=True) from None
-                if not ok:
-                    raise value
-                yield value
-                del busy[conn]
-                give_work(conn)
-        for conn in workers:
-            try:
-                conn.send(None)  # done: the workers return
-            except OSError:
-                pass
+                record = future.result()
+            except BrokenProcessPool:
+                raise _died(workers, Path(cfg.out_dir)) from None
+            yield record
         done = True
     finally:
-        for proc in workers.values():
-            if done:
-                proc.join(5)  # they are returning on their own
-            if proc.is_alive():
-                proc.terminate()
-        for proc in workers.values():
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        pool.shutdown(wait=done, cancel_futures=True)
+        if not done:
+            _stop(workers)
+            pool.shutdown(wait=True)
 
 
-def _worker_main(conn, cfg: PrepareConfig, seed: int, parent: int) -> None:
-    """A prepare worker: plans in, (True, record) or (False, exception) out, until None or the parent is gone."""
-    try:
-        _init_worker(cfg, seed, parent)
-        setup_error = None
-    except Exception as e:  # reported as the answer to the first plan, raised again in the parent
-        setup_error = e
-    while True:
-        try:
-            plan = conn.recv()
-        except (EOFError, OSError):  # the parent is gone or stopped us
-            return
-        if plan is None:
-            return
-        if setup_error is not None:
-            result = (False, setup_error)
-        else:
-            try:
-                result = (True, _worker_task(plan))
-            except Exception as e:  # raised again in the parent (as Pool did)
-                result = (False, e)
-        if not result[0]:
-            try:  # an exception that pickles but cannot be rebuilt would surface as an unrelated TypeError
-                pickle.loads(pickle.dumps(result[1]))
-            except Exception:
-                result = (False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}"))
-        try:
-            conn.send(result)
-        except (EOFError, OSError):
-            return
+def _died(workers: list, out: Path) -> DataError:
+    """The error for a worker that died: its exit code, and the shard it was writing, which is the one whose temp
+    file is left once the pool has stopped the others (each removes its own on SIGTERM)."""
+    for w in workers:
+        w.join(10)
+    codes = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+    # the pool SIGTERMs the other workers once one died: report the code of the one that died on its own
+    codes = [c for c in codes if c not in (-signal.SIGTERM, 128 + signal.SIGTERM)] or codes
+    code = f" (exit code {codes[0]})" if codes else ""
+    writing = sorted(m.group(1) for p in out.iterdir() if (m := _TEMP_SHARD.match(p.name)))
+    where = f" while writing {' and '.join(writing)}" if writing else " between two shards"
+    return DataError(f"a prepare worker died{code}{where}, e.g. killed for memory; finished shards are kept, run "
+                     f"the same command again (perhaps with fewer data.workers)")
+
+
+_TEMP_SHARD = re.compile(r"^\.((?:train|val|test)-\d{6}\.tar)\..*\.tmp$")  # a ShardWriter's temp file
+
+
+def _stop(workers: list) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+    for w in workers:
+        w.join(10)
+        if w.is_alive():
+            w.kill()
+            w.join()
 
 
 _worker: dict[str, Any] = {}
@@ -360,13 +320,12 @@ def _init_worker(cfg: PrepareConfig, seed: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     signal.signal(signal.SIGTERM, _worker_exit)  # from the parent when it stops: unwind so the shard's temp file goes
     _exit_with_parent(parent)
-    _worker.update(cfg=cfg, maker=SampleMaker(cfg, seed))
+    _worker.update(cfg=cfg, seed=seed)
 
 
 def _worker_exit(signum, frame):
     # Unwind, so that the shard writer removes its temp file. Not again once the worker is in its exit handlers (a
-    # process-group SIGTERM, then the parent's): raising there prints a traceback. Not SIG_IGN after the first
-    # either: a first SystemExit swallowed inside a __del__ would leave a worker that only SIGKILL stops.
+    # process-group SIGTERM, then the parent's): raising there prints a traceback.
     if getattr(mp_util, "_exiting", False):
         return
     raise SystemExit(128 + signum)
@@ -386,7 +345,9 @@ def _exit_with_parent(parent: int) -> None:
 
 def _worker_task(plan: ShardPlan) -> ShardRecord:
     cfg = _worker["cfg"]
-    return _write_shard(plan, _worker["maker"], Path(cfg.out_dir), cfg)
+    if "make" not in _worker:  # here rather than in the initializer: its error then reaches the parent as raised
+        _worker["make"] = SOURCES[cfg.source].maker(cfg, _worker["seed"])
+    return _write_shard(plan, _worker["make"], Path(cfg.out_dir), cfg)
 
 
 def finished_shards(out_dir: str | Path) -> int:
@@ -407,12 +368,6 @@ def _load_record(out: Path, plan: ShardPlan) -> ShardRecord | None:
         return None
     if rec.count and not (out / plan.name).is_file():
         return None
-    if "inputs" not in data:  # written before records had inputs and sha256: trusted, as that version did
-        rec.inputs = plan.inputs
-        if rec.count:
-            with open(out / plan.name, "rb") as f:
-                rec.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        write_json_atomic(out / STATE_DIR / f"{plan.name}.json", rec.__dict__)
     if rec.inputs != plan.inputs or (rec.count and not rec.sha256):
         return None
     return rec
@@ -497,7 +452,7 @@ def _clear(out: Path) -> None:
 
 
 def _is_temp(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.endswith(".tmp")
+    return p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)
 
 
 def _remove_temp(out: Path) -> None:
@@ -519,35 +474,26 @@ def _remove_stale(out: Path, planned: set[str]) -> None:
             p.unlink()
 
 
-def _rejects_bytes(rejects: list[Reject]) -> bytes:
-    lines = [
-        json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) for r in sorted(rejects, key=lambda r: r.source_id)
-    ]
-    return ("\n".join(lines) + "\n" if lines else "").encode()
-
-
 def _rejects_note(out: Path, rejects: list[Reject]) -> str:
     """Where a failed run's rejects are: rejects.jsonl, unless that belongs to a finished dataset (kept as is)."""
     if not (out / MANIFEST).is_file():
-        _write_if_changed(out / REJECTS, _rejects_bytes(rejects))
+        write_if_changed(out / REJECTS, rejects_bytes(r.to_json() for r in rejects))
         return f"{len(rejects)} rejected, see {out / REJECTS}"
     first = f", first: {rejects[0].source_id}: {rejects[0].reason}" if rejects else ""
     return f"{len(rejects)} rejected{first}; the finished dataset in {out} is left as it was"
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """Atomic write that leaves an identical file untouched (a finished re-run writes nothing)."""
-    try:
-        if path.read_bytes() == data:
-            return
-    except OSError:
-        pass
-    write_bytes_atomic(path, data)
-
-
 def _read_json(path: Path) -> dict | None:
+    """A JSON object this stage wrote earlier, or None when there is none (or it is damaged: then it is redone)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _read_manifest(out: Path) -> Manifest | None:
+    try:
+        return Manifest.read(out)
+    except DataError:
+        return None

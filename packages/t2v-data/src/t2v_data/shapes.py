@@ -3,25 +3,146 @@ ground-truth attributes. Deterministic: clip `index` depends only on (seed, inde
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import string
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .palette import BACKGROUNDS, COLORS
-from .prepare_config import (
-    ATTRIBUTE_KEYS,
-    DIRECTIONS,
-    PrepareConfig,
-    ShapesConfig,
-    all_combos,
-    is_drawable,
-    is_held_out,
-    is_valid_combo,
-)
+from t2v_model.errors import ConfigError
+
+from .palette import BACKGROUNDS, COLORS, contrasts
+from .sources import SyntheticSource
 from .trajectory import Track, plan_track
+
+if TYPE_CHECKING:
+    from .prepare_config import PrepareConfig
+
+SHAPES = ("circle", "square", "triangle", "star")
+DIRECTIONS = ("left", "right", "up", "down", "up_left", "up_right", "down_left", "down_right")
+MOTIONS = DIRECTIONS + ("grow", "shrink", "rotate", "bounce")
+ATTRIBUTE_KEYS = ("shape", "color", "motion", "speed", "size", "background")
+TEMPLATE_FIELDS = {"shape", "color", "motion", "speed", "size", "background"}
+
+DEFAULT_TEMPLATES = [
+    "a {color} {shape} {motion} on a {background} background",
+    "a {size} {color} {shape} {motion}",
+    "a {color} {shape} {motion} {speed}",
+]
+
+MAX_FILL = 0.92  # object extent + travel may use at most this fraction of the canvas side
+
+
+@dataclass
+class ShapesConfig:
+    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
+    colors: list[str] = field(default_factory=lambda: list(COLORS))
+    backgrounds: list[str] = field(default_factory=lambda: ["black"])
+    motions: list[str] = field(default_factory=lambda: list(MOTIONS))
+    # distance travelled over the whole clip, as a fraction of the canvas side (rotation: 240 deg per 1.0)
+    speeds: dict[str, float] = field(default_factory=lambda: {"slow": 0.3, "fast": 0.5})
+    # object extent (bounding box side when upright) as a fraction of the canvas side
+    sizes: dict[str, float] = field(default_factory=lambda: {"small": 0.32, "large": 0.42})
+    # attribute combinations never generated, e.g. [{color: red, shape: star}, {color: blue, motion: left}]
+    holdout: list[dict[str, str]] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    captions_per_clip: int = 1
+    antialias: bool = True
+
+    def validate(self) -> None:
+        check_names("shapes", self.shapes, SHAPES)
+        check_names("colors", self.colors, COLORS)
+        check_names("backgrounds", self.backgrounds, BACKGROUNDS)
+        check_names("motions", self.motions, MOTIONS)
+        check_fractions("speeds", self.speeds)
+        check_fractions("sizes", self.sizes)
+        if max(self.sizes.values()) + max(self.speeds.values()) > MAX_FILL:
+            raise ConfigError(
+                f"speeds: largest size + largest speed must be <= {MAX_FILL} of the canvas "
+                f"so the object never leaves it, got {max(self.sizes.values())} + {max(self.speeds.values())}"
+            )
+        if not any(contrasts(c, b) for c in self.colors for b in self.backgrounds):
+            raise ConfigError("backgrounds: every colour is too close to every background")
+        allowed = {
+            "shape": self.shapes,
+            "color": self.colors,
+            "motion": self.motions,
+            "speed": list(self.speeds),
+            "size": list(self.sizes),
+            "background": self.backgrounds,
+        }
+        for i, combo in enumerate(self.holdout):
+            if not combo:
+                raise ConfigError(f"holdout[{i}]: empty combination would hold out everything")
+            for key, value in combo.items():
+                if key not in allowed:
+                    raise ConfigError(f"holdout[{i}].{key}: unknown attribute (known: {', '.join(ATTRIBUTE_KEYS)})")
+                if value not in allowed[key]:
+                    raise ConfigError(f"holdout[{i}].{key}: {value!r} is not in shapes.{key}s")
+        if not self.templates:
+            raise ConfigError("templates: need at least one caption template")
+        for i, t in enumerate(self.templates):
+            names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            if names - TEMPLATE_FIELDS:
+                raise ConfigError(
+                    f"templates[{i}]: unknown field {{{sorted(names - TEMPLATE_FIELDS)[0]}}} "
+                    f"(known: {', '.join(sorted(TEMPLATE_FIELDS))})"
+                )
+            if not {"color", "shape", "motion"} <= names:
+                raise ConfigError(f"templates[{i}]: must mention {{color}}, {{shape}} and {{motion}}")
+        if not 1 <= self.captions_per_clip <= len(self.templates):
+            raise ConfigError(f"captions_per_clip: must be between 1 and {len(self.templates)} (number of templates)")
+        if not any(is_valid_combo(c, self) for c in all_combos(self)):
+            raise ConfigError("holdout: holds out every possible combination")
+
+
+def all_combos(cfg: ShapesConfig):
+    """Every categorical attribute combination of the configured space, as dicts."""
+    for values in itertools.product(cfg.shapes, cfg.colors, cfg.motions, cfg.speeds, cfg.sizes, cfg.backgrounds):
+        yield dict(zip(ATTRIBUTE_KEYS, values, strict=True))
+
+
+def is_held_out(attrs: dict[str, Any], cfg: ShapesConfig) -> bool:
+    return any(all(attrs.get(k) == v for k, v in combo.items()) for combo in cfg.holdout)
+
+
+def is_drawable(attrs: dict[str, Any]) -> bool:
+    """Visible contrast, and not a rotating circle (indistinguishable from a static one, so never made)."""
+    if attrs["shape"] == "circle" and attrs["motion"] == "rotate":
+        return False
+    return contrasts(attrs["color"], attrs["background"])
+
+
+def is_valid_combo(attrs: dict[str, Any], cfg: ShapesConfig) -> bool:
+    """Generated for training: drawable and not held out."""
+    return is_drawable(attrs) and not is_held_out(attrs, cfg)
+
+
+def check_name(where: str, value: str, known) -> None:
+    if value not in known:
+        raise ConfigError(f"{where}: unknown value {value!r} (known: {', '.join(known)})")
+
+
+def check_names(where: str, values: list[str], known) -> None:
+    if not values:
+        raise ConfigError(f"{where}: must not be empty")
+    for i, v in enumerate(values):
+        check_name(f"{where}[{i}]", v, known)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}: duplicate entries")
+
+
+def check_fractions(where: str, values: dict[str, float]) -> None:
+    if not values:
+        raise ConfigError(f"{where}: must not be empty")
+    for name, v in values.items():
+        if not 0.0 < v < 1.0:
+            raise ConfigError(f"{where}.{name}: must be a fraction in (0, 1), got {v}")
+
 
 SUPERSAMPLE = 4
 STAR_INNER = 0.45  # inner/outer radius of the 5-pointed star
@@ -166,7 +287,7 @@ def heldout_prompts(cfg: PrepareConfig | ShapesConfig, n: int, seed: int) -> lis
     """`n` evaluation prompts: [{"caption": str, "attributes": {shape, color, color_rgb, motion, speed, size,
     background, background_rgb}}]. Drawn from the held-out combinations when `holdout` is set (never seen in
     training), else from the whole attribute space; captions use the first template. Deterministic in seed."""
-    sc = cfg.shapes if isinstance(cfg, PrepareConfig) else cfg
+    sc = cfg if isinstance(cfg, ShapesConfig) else cfg.shapes
     pool = [c for c in all_combos(sc) if is_drawable(c) and (is_held_out(c, sc) or not sc.holdout)]
     if not pool:
         raise ValueError("no held-out combination is drawable (check shapes.holdout against the backgrounds)")
@@ -179,3 +300,14 @@ def heldout_prompts(cfg: PrepareConfig | ShapesConfig, n: int, seed: int) -> lis
         attrs["background_rgb"] = list(BACKGROUNDS[attrs["background"]])
         out.append({"caption": caption(sc.templates[0], attrs), "attributes": attrs})
     return out
+
+
+class Shapes(SyntheticSource):
+    name = "shapes"
+    config = ShapesConfig
+
+    def generator(self, cfg: PrepareConfig, seed: int) -> ShapesGenerator:
+        return ShapesGenerator(cfg, seed)
+
+
+SOURCE = Shapes()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from t2v_model.errors import DataError
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm")  # what the folder and MSR-VTT sources look for
 
 # imageio-ffmpeg warns on every file that the output size differs from the source: that is the point here
 logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)

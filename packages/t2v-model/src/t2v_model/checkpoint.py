@@ -7,8 +7,6 @@ where a good one was.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,16 +15,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelCard, ModelConfigError, from_dict, to_dict
+from .config import ModelCard
+from .errors import CheckpointError, ConfigError
+from .files import AtomicFile, json_bytes, keep_umask_mode, load_json, replace_dir
+from .schema import build, to_dict
 from .unet import Unet3D
-from .video_io import keep_umask_mode
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-class CheckpointError(RuntimeError):
-    """A missing, corrupt or mismatched checkpoint; the message names the file."""
 
 
 def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Path:
@@ -50,7 +46,8 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_safetensors(state, tmp / WEIGHTS, metadata={"format": card.format})
-        (tmp / CONFIG).write_text(json.dumps(to_dict(card), indent=2) + "\n")
+        with AtomicFile(tmp / CONFIG) as f:
+            f.file.write(json_bytes(to_dict(card)))
         keep_umask_mode(tmp, directory=True)
         replace_dir(tmp, directory)
     except BaseException:
@@ -60,21 +57,9 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard) -> Pa
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file, with the umask's file mode: it creates its files owner-only (0600)."""
-    save_file(tensors, str(path), metadata=metadata)
-    keep_umask_mode(path)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory `src` to `dst`, replacing an existing `dst` with at most a moment where neither exists
-    under `dst`'s name (the old one is renamed aside first, then removed)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """safetensors' save_file, atomically and fsynced, with the umask's file mode (it makes owner-only files)."""
+    with AtomicFile(path) as f:
+        save_file(tensors, str(f.tmp), metadata=metadata)
 
 
 def load_card(directory: str | Path) -> ModelCard:
@@ -82,20 +67,15 @@ def load_card(directory: str | Path) -> ModelCard:
     path = directory / CONFIG
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (not a t2v-model checkpoint directory?)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    data = load_json(path, CheckpointError, "missing (not a t2v-model checkpoint directory?)")
     # every section is required: a card with one missing would silently describe a default model
     missing = [f.name for f in dataclasses.fields(ModelCard) if isinstance(data, dict) and f.name not in data]
     if missing:
         raise CheckpointError(f"{path}: missing key {missing[0]!r} (a t2v-model card has "
                               f"{', '.join(f.name for f in dataclasses.fields(ModelCard))})")
     try:
-        return from_dict(ModelCard, data)
-    except ModelConfigError as e:
+        return build(ModelCard, data)
+    except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
 

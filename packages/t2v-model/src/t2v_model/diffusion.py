@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .config import DiffusionConfig
 
@@ -175,15 +174,16 @@ class GaussianDiffusion:
 
     # training
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
-                         prior_fraction: float | None = None):
-        """t ~ U{0..T-1}; with `prior_fraction` p (default: the config's), a fraction p instead ~ U over the last 1%
-        of the timesteps."""
+                         prior_fraction: float = 0.0):
+        """t ~ U{0..T-1}; with `prior_fraction` p, a fraction p of them instead ~ U over the last 1% of the timesteps.
+        There x_t is all but pure noise, so the model has to predict E[x_0 | caption]: where the caption puts things.
+        In a small video a large object can be located from x_t almost to the end of the schedule, so uniform t
+        hardly trains this."""
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-        p = self.config.prior_fraction if prior_fraction is None else prior_fraction
         n = self.num_timesteps
-        if p > 0:
+        if prior_fraction > 0:
             late = torch.randint(n - max(1, n // 100), n, (batch,), device=device, generator=generator)
-            pick = torch.rand(batch, device=device, generator=generator) < p
+            pick = torch.rand(batch, device=device, generator=generator) < prior_fraction
             t = torch.where(pick, late, t)
         return t
 
@@ -199,20 +199,22 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        prior_fraction: float | None = None,
+        prior_fraction: float = 0.0,
+        loss: str = "l2",
+        min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
         """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)`.
 
-        Unless given, t comes from `sample_timesteps` (uniform but for the `prior_fraction` share), eps ~ N(0, I) and
-        the caption is dropped with probability `null_cond_prob` (so the null embedding is trained for classifier-free
-        guidance). With `min_snr_gamma`, each sample is weighted by `min_snr_weight`."""
+        Unless given, t comes from `sample_timesteps(prior_fraction=...)` and eps ~ N(0, I). `drop_text` (B,) bool
+        marks the samples trained with the null caption (classifier-free guidance); the caller draws it. `loss` is
+        "l1" or "l2" on the prediction target; `min_snr_gamma` weights each sample by `min_snr_weight`."""
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"loss: unknown {loss!r} (l1 | l2)")
         b, device = x0.shape[0], x0.device
         if t is None:
             t = self.sample_timesteps(b, device, generator, prior_fraction)
         if noise is None:
             noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-        if drop_text is None and self.config.null_cond_prob > 0:
-            drop_text = torch.rand(b, device=device, generator=generator) < self.config.null_cond_prob
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t, text, tokens=tokens, token_mask=token_mask, drop_text=drop_text)
         if self.config.prediction == "eps":
@@ -222,16 +224,16 @@ class GaussianDiffusion:
         else:
             target = self.v_target(x0, t, noise)
         err = out.float() - target.float()
-        per_sample = (err.abs() if self.config.loss == "l1" else err.square()).flatten(1).mean(1)
-        if self.config.min_snr_gamma is not None:
-            per_sample = per_sample * self.min_snr_weight(t)
+        per_sample = (err.abs() if loss == "l1" else err.square()).flatten(1).mean(1)
+        if min_snr_gamma is not None:
+            per_sample = per_sample * self.min_snr_weight(t, min_snr_gamma)
         return per_sample.mean()
 
-    def min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """The weight min(SNR, gamma) of the x_0 loss (Hang et al. 2023), carried over to the chosen target: the eps
         loss is SNR times the x_0 loss and the v loss (SNR + 1) times it, so their weights divide by that factor."""
         snr = self._get("snr", t.device)[t.long()]
-        clipped = snr.clamp(max=self.config.min_snr_gamma)
+        clipped = snr.clamp(max=gamma)
         pred = self.config.prediction
         if pred == "eps":
             return clipped / snr

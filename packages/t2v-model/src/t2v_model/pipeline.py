@@ -16,6 +16,7 @@ import torch
 from .checkpoint import load_pretrained, save_pretrained
 from .config import ModelCard
 from .diffusion import GaussianDiffusion
+from .errors import CheckpointError, ConfigError
 from .samplers import ddim_sample, ddpm_sample, guided_denoiser
 from .unet import Unet3D
 
@@ -50,21 +51,21 @@ class TextToVideo:
             info = self.card.text_encoder
             self._text_encoder = load_text_encoder(info.id, device=self.device, max_length=info.max_length)
             if self._text_encoder.dim != info.dim:
-                raise ValueError(
+                raise CheckpointError(
                     f"text encoder {info.id!r} gives {self._text_encoder.dim}-d embeddings but the checkpoint was "
                     f"trained on {info.dim}-d ones"
                 )
         return self._text_encoder
 
     def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0) -> None:
-        """ValueError (naming the argument) for settings `generate` cannot use; cheap, so it runs before any work."""
+        """ConfigError (naming the argument) for settings `generate` cannot use; cheap, so it runs before any work."""
         check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=seed,
                        num_train=self.diffusion.num_timesteps)
 
     def embed(self, prompts: Sequence[str]):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a generator is read once, here
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("prompts: need one or more non-empty strings")
+            raise ConfigError("prompts: need one or more non-empty strings")
         return self.text_encoder.encode(prompts, tokens=self.card.unet.cross_attn)
 
     @torch.inference_mode()
@@ -121,50 +122,50 @@ class TextToVideo:
         return to_uint8(x)
 
     def _check_embeddings(self, text, tokens, token_mask) -> None:
-        """ValueError naming the argument for embeddings the model cannot take (instead of a shape error deep in it)."""
+        """ConfigError naming the argument for embeddings the model cannot take (not a shape error deep in it)."""
         dim = self.card.unet.cond_dim
         if not isinstance(text, torch.Tensor) or not text.is_floating_point():
-            raise ValueError(f"text: must be a floating-point torch.Tensor (B, {dim}), got "
+            raise ConfigError(f"text: must be a floating-point torch.Tensor (B, {dim}), got "
                              f"{getattr(text, 'dtype', type(text).__name__)}")
         if text.ndim != 2 or text.shape[0] < 1 or text.shape[1] != dim:
-            raise ValueError(f"text: embeddings must be (B, {dim}) with B >= 1, got {tuple(text.shape)}")
+            raise ConfigError(f"text: embeddings must be (B, {dim}) with B >= 1, got {tuple(text.shape)}")
         if not torch.isfinite(text).all():
-            raise ValueError("text: embeddings hold NaN or infinite values")
+            raise ConfigError("text: embeddings hold NaN or infinite values")
         if not self.card.unet.cross_attn:
             return  # tokens are not used by this model
         b = text.shape[0]
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or tokens.shape[0] != b or tokens.shape[2] != dim:
-            raise ValueError(f"tokens: this model attends to caption tokens and needs a tensor ({b}, L, {dim}), got "
+            raise ConfigError(f"tokens: this model attends to caption tokens and needs a tensor ({b}, L, {dim}), got "
                              f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else tokens!r}")
         if not isinstance(token_mask, torch.Tensor) or tuple(token_mask.shape) != tuple(tokens.shape[:2]):
-            raise ValueError(f"token_mask: needs a tensor {tuple(tokens.shape[:2])}, got "
+            raise ConfigError(f"token_mask: needs a tensor {tuple(tokens.shape[:2])}, got "
                              f"{tuple(token_mask.shape) if isinstance(token_mask, torch.Tensor) else token_mask!r}")
 
 
 def check_sampling(*, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0,
                    num_train: int | None = None) -> None:
-    """ValueError naming the argument for sampling settings no checkpoint can use (with `num_train`, the checkpoint's
+    """ConfigError naming the argument for sampling settings no checkpoint can use (with `num_train`, the checkpoint's
     diffusion timesteps: also more steps than it has). Needs no model, so a CLI can check its flags before loading."""
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise ValueError(f"steps: must be an integer, got {steps!r}")
+        raise ConfigError(f"steps: must be an integer, got {steps!r}")
     for name, value in (("guidance", guidance), ("eta", eta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: must be a number, got {value!r}")
+            raise ConfigError(f"{name}: must be a number, got {value!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
-        raise ValueError(f"seed: must be None or an integer in [0, 2**64), got {seed!r}")
+        raise ConfigError(f"seed: must be None or an integer in [0, 2**64), got {seed!r}")
     if steps < 1 or (num_train is not None and steps > num_train):
         bound = ">= 1" if num_train is None else f"in [1, {num_train}] (the checkpoint's diffusion timesteps)"
-        raise ValueError(f"steps: must be {bound}, got {steps}")
+        raise ConfigError(f"steps: must be {bound}, got {steps}")
     if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance: must be a finite number >= 0, got {guidance}")
+        raise ConfigError(f"guidance: must be a finite number >= 0, got {guidance}")
     if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
+        raise ConfigError(f"sampler: unknown {sampler!r} (ddim | ddpm)")
     if not 0 <= eta <= 1:
-        raise ValueError(f"eta: must be in [0, 1], got {eta}")
+        raise ConfigError(f"eta: must be in [0, 1], got {eta}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = cuda if available, else cpu. Anything else must name a device this machine has: ValueError
+    """"auto" = cuda if available, else cpu. Anything else must name a device this machine has: ConfigError
     ("device <name>: ...") for a typo or a missing GPU, instead of an obscure error from the first tensor moved."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,13 +174,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device}: unknown (auto | cpu | cuda | cuda:N | mps)")
+        raise ConfigError(f"device {device}: unknown (auto | cpu | cuda | cuda:N | mps)")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available (no NVIDIA GPU or driver found)")
+        raise ConfigError(f"device {device}: CUDA is not available (no NVIDIA GPU or driver found)")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+        raise ConfigError(f"device {device}: there are only {torch.cuda.device_count()} CUDA devices")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device}: MPS is not available")
+        raise ConfigError(f"device {device}: MPS is not available")
     return dev
 
 
@@ -189,8 +190,6 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _progress(desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional for inference-only installs
-        return None
+    from tqdm.auto import tqdm
+
     return lambda it: tqdm(it, desc=desc, leave=False)

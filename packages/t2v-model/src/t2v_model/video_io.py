@@ -3,12 +3,12 @@ contact-sheet PNGs. Videos are uint8 arrays/tensors (T, H, W, C); every writer g
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .files import AtomicFile
 
 VIDEO_FORMATS = (".gif", ".mp4", ".png")  # the extensions save_video / save_grid write
 
@@ -20,24 +20,10 @@ def _as_uint8(video) -> np.ndarray:
     return arr if arr.shape[-1] == 3 else np.repeat(arr, 3, axis=-1)
 
 
-def keep_umask_mode(tmp: str | Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp make owner-only temp files; give the renamed result the usual umask-based mode."""
-    mask = os.umask(0o022)  # the only way to read the umask is to set it: put it back at once
-    os.umask(mask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~mask)
-
-
 def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        keep_umask_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`write(tmp_path)` fills a temp file that becomes `path` when it is complete."""
+    with AtomicFile(path) as f:
+        write(f.tmp)
     return path
 
 
@@ -63,7 +49,7 @@ def save_mp4(path: str | Path, video, fps: int = 8, scale: int = 1) -> Path:
     def write(tmp: Path):
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-            macro_block_size=1, output_params=["-crf", "18"], ffmpeg_log_level="error",
+            macro_block_size=1, output_params=["-crf", "18", "-f", "mp4"], ffmpeg_log_level="error",
         )
         writer.send(None)
         for frame in arr:

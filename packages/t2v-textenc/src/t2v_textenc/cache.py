@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from t2v_model.errors import DataError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     encoder TEXT NOT NULL,
@@ -33,7 +35,7 @@ class CachedEmbedding:
     tokens: np.ndarray | None = None  # float16 (length, D): real tokens only
 
 
-class CacheError(RuntimeError):
+class CacheError(DataError):
     """An unusable cache file or directory; the message names it."""
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from t2v_data.config import ConfigError, build
+from t2v_data.experiment import Paths
+from t2v_model.errors import ConfigError
+from t2v_model.schema import build
 
 
 @dataclass
@@ -34,19 +36,10 @@ class EmbedConfig:
 
 
 def embed_config_from_experiment(raw: dict[str, Any]) -> EmbedConfig:
-    """Build EmbedConfig from a whole experiment config, filling in_dir/out_dir from `data.out_dir` and `name`."""
+    """Build EmbedConfig from a whole experiment config, in_dir/out_dir defaulting to the experiment's layout
+    (t2v_data.experiment.Paths: the raw shards data.out_dir, and data/<name>/embedded)."""
     section = dict(raw.get("embed") or {})
-    name = raw.get("name")
-    data = raw.get("data") or {}
-    if section.get("in_dir") is None:
-        if isinstance(data, dict) and data.get("out_dir"):
-            section["in_dir"] = data["out_dir"]
-        elif name:
-            section["in_dir"] = f"data/{name}/raw"
-        else:
-            raise ConfigError("embed.in_dir: not set and there is no data.out_dir or name to derive it from")
-    if section.get("out_dir") is None:
-        if not name:
-            raise ConfigError("embed.out_dir: not set and there is no name to derive data/<name>/embedded from")
-        section["out_dir"] = f"data/{name}/embedded"
+    paths = Paths(raw)
+    section["in_dir"] = str(paths.embed_in)
+    section["out_dir"] = str(paths.embedded)
     return build(EmbedConfig, section, where="embed")

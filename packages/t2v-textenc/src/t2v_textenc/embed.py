@@ -1,9 +1,9 @@
 """The embed stage: raw shards in, pre-embedded shards out (docs/FORMATS.md), every distinct caption encoded once.
 
-Three passes over the pending shards: (1) read captions and find bad samples, (2) encode the captions the cache
-lacks, length-sorted and batched, (3) write each output shard (temp file + rename) from the cache. A shard whose
-output and `.parts/<name>.json` record exist with the same encoder settings is skipped, so an interrupted run
-resumes where it stopped; the manifest is removed at the start and written last.
+Three passes over the pending shards: (1) read every sample, checking it against the raw manifest (a malformed one is
+a reject, skipped), and collect the captions, (2) encode the captions the cache lacks, length-sorted and batched,
+(3) write each output shard from the cache. A shard whose output and `.parts/<name>.json` record exist with the same
+encoder settings and input is skipped, so an interrupted run resumes where it stopped; the manifest is written last.
 """
 
 from __future__ import annotations
@@ -12,28 +12,36 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from t2v_data.shards import (
+    MANIFEST,
+    REJECTS,
+    Manifest,
+    SampleError,
+    ShardEntry,
+    ShardRef,
+    ShardWriter,
+    Split,
+    decode_sample,
+    embedded_members,
+    read_shard,
+    read_stage,
+    rejects_bytes,
+)
+from t2v_model.config import TextEncoderInfo
+from t2v_model.errors import DataError
+from t2v_model.files import read_json, write_bytes_atomic, write_json_atomic
 from t2v_model.text_encoder import TextEncoder, describe_text_encoder, load_text_encoder
 
-from .atomic import write_json_atomic, write_jsonl_atomic
 from .cache import CachedEmbedding, EmbeddingCache
 from .config import EmbedConfig
-from .shards import MANIFEST, RawSample, ShardError, ShardRef, iter_tar, npy_bytes, read_manifest, shard_refs
-from .shards import write_tar_atomic
 
 PARTS = ".parts"
-REJECTS = "rejects.jsonl"
-_ADDED = ("text.npy", "tokens.npy", "mask.npy")
-
-
-class SampleError(ValueError):
-    """One bad sample: reported to rejects.jsonl and skipped."""
 
 
 @dataclass
@@ -69,80 +77,55 @@ class EmbedSummary:
         ])
 
 
-def parse_captions(sample: RawSample) -> list[str]:
-    """The sample's captions, or SampleError saying what is wrong with it."""
-    if sample.get("video.npy") is None:
-        raise SampleError("missing video.npy")
-    raw = sample.get("meta.json")
-    if raw is None:
-        raise SampleError("missing meta.json")
-    try:
-        meta = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SampleError(f"meta.json is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise SampleError(f"meta.json must be an object, got {type(meta).__name__}")
-    captions = meta.get("captions")
-    if not isinstance(captions, list) or not captions:
-        raise SampleError("meta.json captions must be a non-empty list")
-    for i, c in enumerate(captions):
-        if not isinstance(c, str) or not c.strip():
-            raise SampleError(f"meta.json captions[{i}] must be a non-empty string, got {c!r}")
-    return captions
-
-
-def _source_id(sample: RawSample) -> str:
-    try:
-        sid = json.loads(sample.get("meta.json") or b"{}").get("source_id")
-    except (ValueError, AttributeError):
-        sid = None
-    return sid if isinstance(sid, str) else sample.key
-
-
 @dataclass
 class _ShardScan:
     ref: ShardRef
     captions: list[str]  # distinct captions of the good samples
     rejects: list[dict[str, str]]
+    bad: set[str]  # keys of the rejected samples
 
 
-def _scan(in_dir: Path, ref: ShardRef) -> _ShardScan:
+def _scan(manifest: Manifest, ref: ShardRef) -> _ShardScan:
     captions: dict[str, None] = {}
-    rejects = []
-    seen = 0
-    for sample in iter_tar(in_dir / ref.name):
-        seen += 1
+    rejects, bad = [], set()
+    for key, members in read_shard(ref):
         try:
-            captions.update(dict.fromkeys(parse_captions(sample)))
+            sample = decode_sample(key, members, manifest, ref.path)
         except SampleError as e:
-            rejects.append({"source_id": _source_id(sample), "path": f"{in_dir / ref.name}:{sample.key}",
-                            "reason": str(e)})
-    if seen != ref.count:  # a tar cut off mid-way still reads, as fewer samples
-        raise ShardError(f"{in_dir / ref.name}: {seen} samples but the manifest lists {ref.count} (truncated or "
-                         f"replaced shard? re-run the prepare stage)")
-    return _ShardScan(ref, list(captions), rejects)
-
-
-def _embedded_samples(in_dir: Path, ref: ShardRef, cache: EmbeddingCache, tokens: bool,
-                      max_length: int) -> Iterator[RawSample]:
-    """The shard's good samples with text.npy (and tokens.npy/mask.npy) appended; raw members untouched."""
-    for sample in iter_tar(in_dir / ref.name):
-        try:
-            captions = parse_captions(sample)
-        except SampleError:
+            rejects.append({"source_id": _source_id(key, members), "path": f"{ref.path}:{key}", "reason": e.reason})
+            bad.add(key)
             continue
+        captions.update(dict.fromkeys(sample.captions))
+    return _ShardScan(ref, list(captions), rejects, bad)
+
+
+def _source_id(key: str, members: dict[str, bytes]) -> str:
+    """The sample's source id for rejects.jsonl, when its meta.json is readable enough to tell."""
+    try:
+        sid = json.loads(members.get("meta.json") or b"{}").get("source_id")
+    except (ValueError, AttributeError):
+        sid = None
+    return sid if isinstance(sid, str) else key
+
+
+def _embedded_samples(scan: _ShardScan, manifest: Manifest, cache: EmbeddingCache,
+                      tokens: bool) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The shard's good samples, their raw members untouched, plus text.npy (and tokens.npy / mask.npy)."""
+    for key, members in read_shard(scan.ref):
+        if key in scan.bad:
+            continue
+        captions = decode_sample(key, members, manifest, scan.ref.path).captions
         found = cache.get_many(captions, tokens)
-        members = [(e, d) for e, d in sample.members if e not in _ADDED]
-        members.append(("text.npy", npy_bytes(np.stack([found[c].pooled for c in captions]))))
+        text = np.stack([found[c].pooled for c in captions])
+        toks = mask = None
         if tokens:
-            toks = np.zeros((len(captions), max_length, cache.dim), dtype=np.float16)
-            mask = np.zeros((len(captions), max_length), dtype=np.uint8)
+            toks = np.zeros((len(captions), cache.max_length, cache.dim), dtype=np.float16)
+            mask = np.zeros((len(captions), cache.max_length), dtype=np.uint8)
             for i, c in enumerate(captions):
                 n = len(found[c].tokens)
                 toks[i, :n] = found[c].tokens
                 mask[i, :n] = 1
-            members += [("tokens.npy", npy_bytes(toks)), ("mask.npy", npy_bytes(mask))]
-        yield RawSample(sample.key, members)
+        yield key, embedded_members(members, text, toks, mask)
 
 
 def _encode_missing(encoder: TextEncoder, cache: EmbeddingCache, texts: list[str], cfg: EmbedConfig,
@@ -171,15 +154,12 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     """Run the embed stage for `cfg` (in_dir/out_dir must be resolved, see embed_config_from_experiment)."""
     t0 = time.perf_counter()
     if cfg.in_dir is None or cfg.out_dir is None:
-        raise ShardError("embed: in_dir and out_dir must be set (use embed_config_from_experiment)")
+        raise DataError("embed: in_dir and out_dir must be set (use embed_config_from_experiment)")
     in_dir, out_dir = Path(cfg.in_dir), Path(cfg.out_dir)
-    manifest = read_manifest(in_dir)
-    if manifest.get("stage") not in (None, "prepare"):
-        raise ShardError(f"{in_dir / MANIFEST}: stage is {manifest.get('stage')!r}; the embed stage reads raw "
-                         f"(prepare) shards")
-    refs = shard_refs(manifest)
+    manifest = read_stage(in_dir, "prepare", "the embed stage reads raw (prepare) shards: set embed.in_dir")
+    refs = manifest.shards()
     if encoder is not None and encoder.max_length != cfg.max_length:
-        raise ShardError(f"embed.max_length: {cfg.max_length} but the given encoder cuts at {encoder.max_length}")
+        raise DataError(f"embed.max_length: {cfg.max_length} but the given encoder cuts at {encoder.max_length}")
 
     def load() -> TextEncoder:
         return load_text_encoder(cfg.encoder, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_length,
@@ -194,33 +174,24 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
         info = encoder.info(tokens=cfg.tokens)
 
     if out_dir.exists() and not out_dir.is_dir():
-        raise ShardError(f"{out_dir}: embed.out_dir exists and is not a directory")
+        raise DataError(f"{out_dir}: embed.out_dir exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     parts_dir = out_dir / PARTS
 
     def settings(ref: ShardRef) -> dict[str, Any]:
         # the raw shard's sha256 catches a caption edit of the same length, which its size alone does not
-        extra = {"input_sha256": ref.sha256} if ref.sha256 else {}
-        return {"text_encoder": info, "input_size": (in_dir / ref.name).stat().st_size,
-                "input_config_hash": manifest.get("config_hash"), **extra}
+        return {"text_encoder": info, "input_size": ref.path.stat().st_size, "input_sha256": ref.sha256,
+                "input_config_hash": manifest.config_hash}
 
     def done(ref: ShardRef) -> dict[str, Any] | None:
         part_path = parts_dir / f"{ref.name}.json"
         if not (out_dir / ref.name).is_file() or not part_path.is_file():
             return None
         try:
-            part = json.loads(part_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            part = read_json(part_path)
+        except ValueError:
             return None
-        now = settings(ref)
-        if part.get("settings") == now:
-            return part
-        legacy = {k: v for k, v in now.items() if k != "input_sha256"}
-        if "input_sha256" in now and part.get("settings") == legacy:  # a record from before input_sha256: trusted,
-            part["settings"] = now  # as that version did, and completed
-            write_json_atomic(part_path, part)
-            return part
-        return None
+        return part if isinstance(part, dict) and part.get("settings") == settings(ref) else None
 
     def partition() -> tuple[dict[str, dict[str, Any]], list[ShardRef]]:
         parts = {ref.name: part for ref in refs if (part := done(ref)) is not None}
@@ -235,8 +206,8 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     summary = EmbedSummary(out_dir=str(out_dir), encoder=info)
     summary.shards_skipped = len(parts)
 
-    scans = [_scan(in_dir, ref) for ref in tqdm(pending, desc="reading captions", unit="shard",
-                                                disable=not progress or not pending)]
+    scans = [_scan(manifest, ref) for ref in tqdm(pending, desc="reading captions", unit="shard",
+                                                  disable=not progress or not pending)]
     captions = list(dict.fromkeys(c for s in scans for c in s.captions))
     summary.captions = len(captions)
     cut = {captions[i] for i in encoder.tokenize(captions)[1]} if captions else set()
@@ -251,40 +222,43 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
         if scans:  # from the first shard rewritten on, only a finished run has a manifest
             (out_dir / MANIFEST).unlink(missing_ok=True)
         for scan in tqdm(scans, desc="writing shards", unit="shard", disable=not progress or not scans):
-            count = write_tar_atomic(out_dir / scan.ref.name,
-                                     _embedded_samples(in_dir, scan.ref, cache, cfg.tokens, cfg.max_length))
-            part = {"settings": settings(scan.ref), "split": scan.ref.split, "count": count,
-                    "rejects": scan.rejects, "truncated_captions": sum(c in cut for c in scan.captions)}
+            with ShardWriter(out_dir / scan.ref.name) as writer:
+                for key, members in _embedded_samples(scan, manifest, cache, cfg.tokens):
+                    writer.write(key, members)
+            part = {"settings": settings(scan.ref), "split": scan.ref.split, "count": writer.count,
+                    "sha256": writer.sha256, "rejects": scan.rejects,
+                    "truncated_captions": sum(c in cut for c in scan.captions)}
             write_json_atomic(parts_dir / f"{scan.ref.name}.json", part)
             parts[scan.ref.name] = part
             summary.shards_written += 1
     finally:
         cache.close()
 
-    out_manifest, rejects = _write_index(out_dir, in_dir, manifest, refs, parts, info)
-    summary.rejects = len(rejects)
-    summary.samples = sum(s["count"] for s in out_manifest["splits"].values())
-    summary.splits = {k: v["count"] for k, v in out_manifest["splits"].items()}
+    out = _write_index(out_dir, in_dir, manifest, refs, parts, info)
+    summary.rejects = out.rejects
+    summary.samples = sum(split.count for split in out.splits.values())
+    summary.splits = {name: split.count for name, split in out.splits.items()}
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _write_index(out_dir: Path, in_dir: Path, manifest: dict[str, Any], refs: list[ShardRef],
-                 parts: dict[str, dict[str, Any]], info: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
-    """rejects.jsonl, then manifest.json (last): the raw manifest with this stage's counts and encoder block."""
+def _write_index(out_dir: Path, in_dir: Path, manifest: Manifest, refs: list[ShardRef],
+                 parts: dict[str, dict[str, Any]], info: dict[str, Any]) -> Manifest:
+    """rejects.jsonl, then manifest.json (last): the raw manifest's splits with this stage's shards, counts and
+    encoder block."""
     rejects = [r for ref in refs for r in parts[ref.name]["rejects"]]
-    write_jsonl_atomic(out_dir / REJECTS, rejects)
-    out = dict(manifest)
-    out["stage"] = "embed"
-    out["splits"] = {}
+    write_bytes_atomic(out_dir / REJECTS, rejects_bytes(rejects))
+    splits: dict[str, Split] = {}
     for ref in refs:
-        split = out["splits"].setdefault(ref.split, {"count": 0, "shards": []})
-        split["count"] += parts[ref.name]["count"]
-        split["shards"].append({"name": ref.name, "count": parts[ref.name]["count"]})
-    out["rejects"] = len(rejects)
-    out["text_encoder"] = info
-    out["embed"] = {"in_dir": str(in_dir), "prepare_rejects": manifest.get("rejects", 0),
-                    "truncated_captions": sum(p.get("truncated_captions", 0) for p in parts.values())}
-    out["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(out_dir / MANIFEST, out)
-    return out, rejects
+        part = parts[ref.name]
+        split = splits.setdefault(ref.split, Split())
+        split.shards.append(ShardEntry(ref.name, part["count"], part["sha256"]))
+        split.count += part["count"]
+    out = Manifest(stage="embed", source=manifest.source, geometry=manifest.geometry,
+                   config_hash=manifest.config_hash, splits=splits, rejects=len(rejects),
+                   text_encoder=TextEncoderInfo(**info),
+                   embed={"in_dir": str(in_dir), "prepare_rejects": manifest.rejects,
+                          "truncated_captions": sum(p.get("truncated_captions", 0) for p in parts.values())})
+    out.write(out_dir)
+    out.directory = out_dir
+    return out

@@ -1,4 +1,4 @@
-"""Sampling videos from a denoiser and scoring them against the attributes their captions name (t2v_data.judge)."""
+"""Scoring generated videos against the attributes their captions name (t2v_data.judge)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,6 @@ import numpy as np
 import torch
 
 from t2v_data.judge import judge_matches, judge_video
-from t2v_model.diffusion import GaussianDiffusion
-from t2v_model.pipeline import to_uint8
-from t2v_model.samplers import ddim_sample, ddpm_sample, guided_denoiser
-
-
-@torch.no_grad()
-def sample_videos(model, diffusion: GaussianDiffusion, shape: tuple[int, int, int, int], *, text: torch.Tensor,
-                  tokens: torch.Tensor | None = None, token_mask: torch.Tensor | None = None, steps: int,
-                  guidance: float, seed: int, sampler: str = "ddim",
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Videos for pooled caption embeddings `text` (B, D) (+ tokens/mask for cross-attention models):
-    uint8 (B, T, H, W, C). `shape` = (C, T, H, W)."""
-    to = lambda v: None if v is None else v.to(device)  # noqa: E731
-    text, tokens, token_mask = to(text.float()), to(tokens), to(token_mask)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    denoise = guided_denoiser(model, text, guidance=guidance, tokens=tokens, token_mask=token_mask)
-    run = ddim_sample if sampler == "ddim" else ddpm_sample
-    x = run(denoise, diffusion, (len(text), *shape), steps=steps, generator=generator, device=device)
-    return to_uint8(x)
 
 
 def score(videos: torch.Tensor, attributes: list[dict[str, Any]], space: dict[str, list[str]] | None = None):
@@ -66,8 +47,7 @@ def attribute_space(raw: dict[str, Any]) -> dict[str, list[str]] | None:
     data = raw.get("data") or {}
     if data.get("source", "shapes") != "shapes":
         return None
-    from t2v_data.config import build
-    from t2v_data.prepare_config import PrepareConfig
+    from t2v_data.prepare_config import prepare_config
 
-    sc = build(PrepareConfig, data, "data").shapes
+    sc = prepare_config(data).shapes
     return {"colors": list(sc.colors), "motions": list(sc.motions), "shapes": list(sc.shapes)}

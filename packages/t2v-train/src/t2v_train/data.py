@@ -1,10 +1,10 @@
-"""The training sample stream over pre-embedded WebDataset shards, reproducible from a saved position.
+"""The training sample stream over pre-embedded shards (t2v_data.shards), reproducible from a saved position.
 
 Each reader slot (one per rank x DataLoader worker) reads an endless sequence of epochs. Epoch e shuffles the shard
-list with (seed, e); a slot takes every `num_slots`-th shard from `slot` on (webdataset's split_by_node then
+list with (seed, e); a slot takes every `num_slots`-th shard from `slot` on (as webdataset's split_by_node then
 split_by_worker), or, when there are fewer shards than slots, every `num_slots`-th sample of all shards. Samples then
-pass through a shuffle buffer and get a random caption row, all seeded by (seed, epoch, slot). The stream is thus a
-pure function of (seed, slot, position): resuming skips `position` samples without decoding their videos.
+pass through webdataset's shuffle buffer and get a random caption row, all seeded by (seed, epoch, slot). The stream
+is thus a pure function of (seed, slot, position): resuming skips `position` samples without decoding their videos.
 
 The DataLoader hands out batches round-robin over its workers, starting at worker 0, so after `n` batches worker w has
 made len(range(w, n, workers)) of them and batch n is due from worker n % workers. `train_loader(..., batches_done=n)`
@@ -13,13 +13,8 @@ restarts there: the new loader's worker i plays the original worker (i + n) % wo
 
 from __future__ import annotations
 
-import functools
-import io
-import json
 import random
-import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,74 +22,30 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from t2v_data.shards import MANIFEST, read_manifest
+from t2v_data.shards import Manifest, ShardRef, decode_sample, read_shard
+from t2v_model.errors import DataError
 
 
-class DataError(ValueError):
-    """Unusable training shards; the message names the directory, shard or sample."""
+def read_samples(refs: list[ShardRef]) -> Iterator[dict[str, Any]]:
+    """The undecoded samples of shards `refs`, in order: {"key", "members", "where"} (damaged or miscounted shards
+    are a DataError naming them: t2v_data.shards.read_shard)."""
+    for ref in refs:
+        for key, members in read_shard(ref):
+            yield {"key": key, "members": members, "where": ref.path}
 
 
-def shard_list(data_dir: str | Path, split: str) -> list[str]:
-    manifest = read_manifest(data_dir)
-    shards = manifest["splits"].get(split, {"shards": []})["shards"]
-    return [str(Path(data_dir) / s["name"]) for s in shards]
-
-
-def shard_counts(directory: str) -> dict[str, int]:
-    """{shard file name: sample count} from the manifest of a shard directory (docs/FORMATS.md)."""
-    return _shard_counts(directory, (Path(directory) / MANIFEST).stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _shard_counts(directory: str, mtime_ns: int) -> dict[str, int]:  # re-read when the manifest is rewritten
-    manifest = read_manifest(directory)
-    return {s["name"]: s["count"] for split in manifest["splits"].values() for s in split["shards"]}
-
-
-def read_shards(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """The raw samples of the tar shards `urls`, in order. A damaged shard raises a DataError naming it, and so does
-    one with fewer or more samples than its manifest lists (a tar cut off between two samples still reads cleanly)."""
-    for url in urls:
-        expected = shard_counts(str(Path(url).parent)).get(Path(url).name)
-        count = 0
-        try:
-            for sample in wds.tariterators.tarfile_samples([{"url": url}]):
-                count += 1
-                yield sample
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            if isinstance(e, OSError) and e.strerror:
-                reason = e.strerror
-            else:  # webdataset appends " @ <file object>" and more args to the message
-                reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
-            raise DataError(f"{url}: unreadable tar shard ({reason})") from None
-        if expected is not None and count != expected:
-            raise DataError(f"{url}: {count} samples but the manifest lists {expected} (truncated or replaced shard?)")
-
-
-def npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def decode_sample(raw: dict[str, Any], caption_row: int | None, flip: bool) -> dict[str, Any]:
-    """One tar sample -> {"video": uint8 (T, H, W, C), "text": float32 (D,), "caption", "meta"} plus "tokens" float32
-    (L, D) and "mask" bool (L,) when the shards carry per-token embeddings.
+def decode(raw: dict[str, Any], manifest: Manifest, caption_row: int | None, flip: bool) -> dict[str, Any]:
+    """One sample, checked against the manifest -> {"video": uint8 (T, H, W, C), "text": float32 (D,), "caption",
+    "meta"} plus "tokens" float32 (L, D) and "mask" bool (L,) when the shards carry per-token embeddings.
     `caption_row` None picks caption 0 (validation); otherwise it is taken modulo the number of captions."""
-    key = raw.get("__key__", "?")
-    for member in ("video.npy", "text.npy", "meta.json"):
-        if member not in raw:
-            raise DataError(f"{raw.get('__url__', '?')}: sample {key} has no {member} (truncated shard, or "
-                            f"not a pre-embedded one?)")
-    video, text = npy(raw["video.npy"]), npy(raw["text.npy"])
-    meta = json.loads(raw["meta.json"])
-    row = 0 if caption_row is None else caption_row % len(text)
-    if flip:
-        video = video[:, :, ::-1]
+    s = decode_sample(raw["key"], raw["members"], manifest, raw["where"])
+    row = 0 if caption_row is None else caption_row % len(s.captions)
+    video = s.video[:, :, ::-1] if flip else s.video
     out = {"video": torch.from_numpy(np.ascontiguousarray(video)),
-           "text": torch.from_numpy(text[row].astype(np.float32)),
-           "caption": meta["captions"][row] if row < len(meta.get("captions", [])) else "", "meta": meta}
-    if "tokens.npy" in raw:
-        out["tokens"] = torch.from_numpy(npy(raw["tokens.npy"])[row].astype(np.float32))
-        out["mask"] = torch.from_numpy(npy(raw["mask.npy"])[row].astype(bool))
+           "text": torch.from_numpy(s.text[row].astype(np.float32)), "caption": s.captions[row], "meta": s.meta}
+    if s.tokens is not None:
+        out["tokens"] = torch.from_numpy(s.tokens[row].astype(np.float32))
+        out["mask"] = torch.from_numpy(s.mask[row].astype(bool))
     return out
 
 
@@ -115,14 +66,15 @@ def text_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.
 
 
 class TrainStream(IterableDataset):
-    """Endless, shuffled batches for one rank; on resume, `skip[w]` = batches the original worker w already made
-    and `rotate` = which original worker the new worker 0 stands for."""
+    """Endless, shuffled batches of the train split for one rank; on resume, `skip[w]` = batches the original worker
+    w already made and `rotate` = which original worker the new worker 0 stands for."""
 
-    def __init__(self, shards: list[str], *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, manifest: Manifest, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 256, hflip: bool = False, skip: list[int] | None = None, rotate: int = 0):
-        if not shards:
-            raise DataError("no train shards: the manifest lists none")
-        self.shards, self.batch_size, self.seed = shards, batch_size, seed
+        self.manifest, self.shards = manifest, manifest.shards("train")
+        if not self.shards:
+            raise DataError(f"{manifest.path}: no train shards")
+        self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.hflip = shuffle_buffer, hflip
         self.skip, self.rotate = skip or [0], rotate
@@ -153,12 +105,12 @@ class TrainStream(IterableDataset):
                 mine, keep = order[slot::slots], None
             else:
                 mine, keep = order, slot
-            raw = read_shards(mine)
+            raw = read_samples(mine)
             if keep is not None:
                 raw = (s for i, s in enumerate(raw) if i % slots == keep)
             rng = random.Random(f"{self.seed}-{epoch}-{slot}")
             count = 0
-            for sample in wds.filters._shuffle(iter(raw), self.shuffle_buffer, min(64, self.shuffle_buffer), rng=rng):
+            for sample in wds.shuffle(self.shuffle_buffer, min(64, self.shuffle_buffer), rng=rng)(raw):
                 sample["_row"] = rng.randrange(1 << 30)
                 sample["_flip"] = self.hflip and rng.random() < 0.5
                 count += 1
@@ -167,9 +119,8 @@ class TrainStream(IterableDataset):
                 raise DataError(f"train shards yield no samples for reader {slot} of {slots}")
             epoch += 1
 
-    @staticmethod
-    def decode(sample: dict[str, Any]) -> dict[str, Any]:
-        return decode_sample(sample, sample["_row"], sample["_flip"])
+    def decode(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return decode(sample, self.manifest, sample["_row"], sample["_flip"])
 
 
 def batches_per_worker(batches_done: int, num_workers: int) -> list[int]:
@@ -177,9 +128,9 @@ def batches_per_worker(batches_done: int, num_workers: int) -> list[int]:
     return [len(range(w, batches_done, workers)) for w in range(workers)]
 
 
-def train_loader(shards: list[str], *, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
+def train_loader(manifest: Manifest, *, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
                  shuffle_buffer: int, hflip: bool, batches_done: int, pin_memory: bool) -> Loader:
-    stream = TrainStream(shards, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+    stream = TrainStream(manifest, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
                          shuffle_buffer=shuffle_buffer, hflip=hflip,
                          skip=batches_per_worker(batches_done, num_workers), rotate=batches_done % max(num_workers, 1))
     return Loader(DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
@@ -199,12 +150,12 @@ class Loader:
             yield batch
 
 
-def val_batches(shards: list[str], batch_size: int, limit: int) -> Iterator[dict[str, Any]]:
-    """The first `limit` batches of the val split in stored order, caption 0 (the same every time)."""
+def val_batches(manifest: Manifest, batch_size: int, limit: int, split: str = "val") -> Iterator[dict[str, Any]]:
+    """The first `limit` batches of `split` in stored order, caption 0 (the same every time)."""
     batch: list[dict[str, Any]] = []
     done = 0
-    for raw in read_shards(shards):
-        batch.append(decode_sample(raw, None, False))
+    for raw in read_samples(manifest.shards(split)):
+        batch.append(decode(raw, manifest, None, False))
         if len(batch) == batch_size:
             yield collate(batch)
             batch, done = [], done + 1

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from t2v_data.config import ConfigError
+from t2v_model.errors import ConfigError, TrainingError
+from t2v_model.pipeline import resolve_device
 
 
 @dataclass
@@ -39,19 +40,15 @@ class Dist:
 
 def pick_device(name: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
     """"auto" -> cuda:LOCAL_RANK when CUDA is available, else cpu; "cuda" under torchrun -> cuda:LOCAL_RANK.
-    A device this machine lacks is a ConfigError naming `key`."""
+    A device this machine lacks is a ConfigError naming `key` (t2v_model.pipeline.resolve_device's checks)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)  # the config's validate() has checked that it parses
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"{key}: {name!r} requested but CUDA is not available")
-        if (device.index or 0) >= count:
-            raise ConfigError(f"{key}: {name!r} requested but this machine has {count} CUDA device(s)")
-    return device
+    try:
+        return resolve_device(name)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
@@ -71,3 +68,14 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def lost_peer(e: RuntimeError) -> bool:
+    """Under torchrun: a collective failed because another rank exited (gloo raises a plain RuntimeError)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return distributed and (isinstance(e, dist.DistError) or "Connection closed by peer" in str(e))
+
+
+def peer_failed() -> TrainingError:
+    # the rank that failed has printed why; this one only lost the connection to it
+    return TrainingError(f"rank {os.environ.get('RANK', '?')}: stopped because another rank failed (see its error)")

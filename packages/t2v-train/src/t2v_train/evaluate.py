@@ -16,19 +16,17 @@ from typing import Any
 
 import torch
 
-from t2v_data.config import build
-from t2v_data.errors import DataError
-from t2v_data.prepare_config import PrepareConfig, all_combos, config_hash, is_valid_combo
-from t2v_data.shapes import caption, heldout_prompts
-from t2v_data.shards import read_manifest, write_json_atomic
+from t2v_data.prepare_config import PrepareConfig, config_hash, prepare_config
+from t2v_data.shapes import all_combos, caption, heldout_prompts, is_valid_combo
+from t2v_data.shards import Manifest
 from t2v_model.config import ModelCard
+from t2v_model.errors import ConfigError, DataError
+from t2v_model.files import write_json_atomic
 from t2v_model.pipeline import TextToVideo
 from t2v_model.video_io import save_grid
 
 from .adherence import attribute_space, chance_levels, sanity_stats, score
 from .config import Experiment
-from .data import DataError as ShardDataError
-from .data import shard_list
 from .distributed import pick_device
 from .trainer import validation_loss
 
@@ -40,9 +38,9 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
     pipe = TextToVideo.from_pretrained(ckpt_dir, device=device)
     space = attribute_space(exp.raw)
     if space is None:
-        raise ValueError(f"data.source: prompt adherence needs the synthetic shapes source, got "
-                         f"{(exp.raw.get('data') or {}).get('source')!r}")
-    data_cfg = build(PrepareConfig, exp.raw.get("data"), "data")
+        raise ConfigError(f"data.source: prompt adherence needs the synthetic shapes source, got "
+                          f"{(exp.raw.get('data') or {}).get('source')!r}")
+    data_cfg = prepare_config(exp.raw.get("data"))
     if pipe.card.unet != exp.model.unet:
         print(f"warning: {ckpt_dir} was trained with another model.unet than {exp.name}'s config; scoring it anyway",
               file=sys.stderr)
@@ -53,8 +51,8 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
         print(f"warning: {len(seen)} of {len(prompts)} held-out prompts have a caption that also captions training "
               f"clips (e.g. {seen[0]!r}): data.shapes.templates[0] does not name every attribute that "
               f"data.shapes.holdout holds out, so these prompts are not unseen", file=sys.stderr)
-    manifest, val_problem = training_data(exp, data_cfg, pipe.card)
-    data_matches = None if manifest is None else manifest.get("config_hash") == config_hash(data_cfg, exp.seed)
+    manifest, val_problem = training_data(exp, pipe.card)
+    data_matches = None if manifest is None else manifest.config_hash == config_hash(data_cfg, exp.seed)
     if data_matches is False:
         print(f"warning: the shards in {exp.data_dir} were prepared from another data config than {exp.name}'s: "
               f"the prompts{' and the held-out label' if data_cfg.shapes.holdout else ''} follow this config, not "
@@ -78,9 +76,9 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
     val_loss = float("nan")
     if cfg.val_batches and manifest is not None and not val_problem:
         try:
-            val_loss = validation_loss(pipe.model, pipe.diffusion, shard_list(exp.data_dir, "val"),
-                                       exp.train.batch_size, cfg.val_batches, device, exp.seed)
-        except (DataError, ShardDataError) as e:  # e.g. a damaged val shard: the sampling done is kept
+            val_loss = validation_loss(pipe.model, pipe.diffusion, manifest, exp.train, cfg.val_batches, device,
+                                       exp.seed)
+        except DataError as e:  # e.g. a damaged val shard: the sampling done is kept
             print(f"warning: no val loss: {e}", file=sys.stderr)
     out = exp.out_dir / "eval"
     save_grid(out / "samples.gif", videos[:16], fps=pipe.card.data.fps, scale=4)
@@ -93,7 +91,7 @@ def evaluate(exp: Experiment, checkpoint: str | Path | None = None, progress: bo
               "guidance": cfg.guidance, "accuracy": accuracy, "chance": chance_levels(space), "targets": cfg.targets,
               "passed": all(accuracy.get(k, 0.0) >= v for k, v in cfg.targets.items()),
               "val_loss": val_loss if math.isfinite(val_loss) else None,
-              "val_clips": min(cfg.val_batches * exp.train.batch_size, _val_count(manifest)) if math.isfinite(
+              "val_clips": min(cfg.val_batches * exp.train.batch_size, manifest.count("val")) if math.isfinite(
                   val_loss) else 0,
               **sanity_stats(videos),
               "seconds": round(seconds, 1),
@@ -113,39 +111,19 @@ def seen_in_training(data_cfg: PrepareConfig, captions: list[str]) -> list[str]:
     return sorted({c for c in captions if c in train})
 
 
-def training_data(exp: Experiment, data_cfg: PrepareConfig, card: ModelCard) -> tuple[dict | None, str | None]:
+def training_data(exp: Experiment, card: ModelCard) -> tuple[Manifest | None, str | None]:
     """(manifest of the experiment's pre-embedded shards or None, why their val split cannot give this checkpoint a
     val loss or None). Shards of another geometry or text encoder would give a meaningless number or a crash."""
     if not exp.data_dir.is_dir():
         return None, f"{exp.data_dir} does not exist"
     try:
-        manifest = read_manifest(exp.data_dir)
+        manifest = Manifest.read(exp.data_dir)
     except DataError as e:
         return None, str(e)
-    geo = manifest.get("geometry") or {}
-    keys = ("frames", "height", "width", "channels")
-    if any(geo.get(k) != getattr(card.data, k) for k in keys):
-        got = "x".join(str(geo.get(k)) for k in keys)
-        want = "x".join(str(getattr(card.data, k)) for k in keys)
-        return manifest, (f"the shards in {exp.data_dir} are {got} (frames x height x width x channels), the "
-                          f"checkpoint was trained on {want}")
-    enc, te = manifest.get("text_encoder") or {}, card.text_encoder
-    if not enc:
-        return manifest, f"the shards in {exp.data_dir} hold no caption embeddings (not the embed stage's output)"
-    if (enc.get("id"), enc.get("dim")) != (te.id, te.dim) or (
-            enc.get("weights_hash") and te.weights_hash and enc["weights_hash"] != te.weights_hash):
-        return manifest, (f"the captions in {exp.data_dir} were embedded by {enc.get('id')} ({enc.get('dim')}-d, "
-                          f"weights {enc.get('weights_hash')}), the checkpoint's by {te.id} ({te.dim}-d, weights "
-                          f"{te.weights_hash})")
-    if card.unet.cross_attn and not enc.get("tokens"):
-        return manifest, f"the shards in {exp.data_dir} have no per-token embeddings, which cross-attention needs"
-    if not (manifest.get("splits") or {}).get("val"):
-        return manifest, f"no val split in {exp.data_dir}"
-    return manifest, None
-
-
-def _val_count(manifest: dict | None) -> int:
-    return int((((manifest or {}).get("splits") or {}).get("val") or {}).get("count", 0))
+    problem = manifest.card_mismatch(card.data, card.text_encoder, card.unet.cross_attn)
+    if problem is None and not manifest.count("val"):
+        problem = f"no val split in {exp.data_dir}"
+    return manifest, problem
 
 
 def format_table(result: dict[str, Any]) -> str:

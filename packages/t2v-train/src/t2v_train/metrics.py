@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from t2v_data.shards import write_bytes_atomic
+from t2v_model.files import write_bytes_atomic
 
 
 class MetricsLog:

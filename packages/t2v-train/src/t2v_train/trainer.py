@@ -18,25 +18,23 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from t2v_data.config import to_dict
-from t2v_data.shards import MANIFEST, read_manifest
-from t2v_model import DataGeometry, ModelCard, TextEncoderInfo, Unet3D
+from t2v_data.shards import MANIFEST, Manifest
 from t2v_model.checkpoint import save_pretrained
+from t2v_model.config import ModelCard
 from t2v_model.diffusion import GaussianDiffusion
+from t2v_model.errors import DataError, TrainingError
+from t2v_model.pipeline import TextToVideo
+from t2v_model.schema import to_dict
+from t2v_model.unet import Unet3D
 from t2v_model.video_io import save_grid
-from t2v_textenc import check_encoder
 
 from . import checkpoint as ckpt
-from .adherence import attribute_space, sample_videos, score
+from .adherence import attribute_space, score
 from .config import Experiment
-from .data import shard_list, text_inputs, to_model_input, train_loader, val_batches
-from .distributed import Dist, init_distributed, shutdown
+from .data import text_inputs, to_model_input, train_loader, val_batches
+from .distributed import Dist, init_distributed, lost_peer, peer_failed, shutdown
 from .ema import EMA
 from .metrics import MetricsLog
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (non-finite loss, incompatible checkpoint); the message says why and what is kept."""
 
 
 def lr_at(step: int, cfg) -> float:
@@ -48,7 +46,7 @@ def lr_at(step: int, cfg) -> float:
 
 
 def prior_fraction_at(step: int, start: float, end: float | None, steps: int) -> float:
-    """`start` (model.diffusion.prior_fraction) annealed linearly to `end` at the last step; constant if end is None."""
+    """`start` (train.prior_fraction) annealed linearly to `end` at the last step; constant if end is None."""
     if end is None:
         return start
     return start + (end - start) * min(step / max(1, steps - 1), 1.0)
@@ -86,6 +84,10 @@ def train(exp: Experiment, progress: bool = True) -> dict[str, Any]:
     d, device = init_distributed(exp.train.device)
     try:
         return Trainer(exp, d, device, progress).run()
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        raise peer_failed() from None
     finally:
         shutdown(d)
 
@@ -95,18 +97,21 @@ class Trainer:
         cfg = self.cfg = exp.train
         self.exp, self.d, self.device, self.progress = exp, d, device, progress
         if not (exp.data_dir / MANIFEST).is_file():
-            raise TrainingError(f"train.data_dir: no pre-embedded shards in {exp.data_dir} (no {MANIFEST}); run "
-                                f"pipelines/prepare.py, then pipelines/embed.py, with this config")
-        self.manifest = read_manifest(exp.data_dir)
+            raise DataError(f"train.data_dir: no pre-embedded shards in {exp.data_dir} (no {MANIFEST}); run "
+                            f"pipelines/prepare.py, then pipelines/embed.py, with this config")
+        self.manifest = Manifest.read(exp.data_dir)
         unet = exp.model.unet
-        self.encoder = check_encoder(exp.data_dir, exp.encoder_id, unet.cond_dim)  # errors name its manifest.json
-        if unet.cross_attn and not self.encoder.get("tokens"):
+        mismatch = self.manifest.encoder_mismatch(exp.encoder_id, unet.cond_dim)  # names its manifest.json
+        if mismatch:
+            raise DataError(mismatch)
+        self.encoder = self.manifest.text_encoder
+        if unet.cross_attn and not self.encoder.tokens:
             raise TrainingError(f"model.unet.cross_attn: needs per-token embeddings but {exp.data_dir} has none "
                                 f"(re-run the embed stage with embed.tokens=true)")
-        self.geometry = self.manifest["geometry"]
-        if unet.channels != self.geometry["channels"]:
+        self.geometry = self.manifest.geometry
+        if unet.channels != self.geometry.channels:
             raise TrainingError(f"model.unet.channels: {unet.channels} but the shards in {exp.data_dir} have "
-                                f"{self.geometry['channels']}")
+                                f"{self.geometry.channels}")
         self.out = exp.out_dir
         if self.out.exists() and not self.out.is_dir():
             raise TrainingError(f"train.out_dir: {self.out} exists and is not a directory")
@@ -114,15 +119,16 @@ class Trainer:
         if device.type == "cuda" and cfg.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.val_shards = shard_list(exp.data_dir, "val")
+        self.has_val = bool(self.manifest.count("val"))
         # fixed sample prompts: the first val clips' captions (train clips when there is no val split)
-        preview_shards = self.val_shards or shard_list(exp.data_dir, "train")
-        self.preview = next(val_batches(preview_shards, cfg.sample_count, 1), None)
-        if d.is_main and cfg.val_every and not self.val_shards:
+        preview_split = "val" if self.has_val else "train"
+        self.preview = next(val_batches(self.manifest, cfg.sample_count, 1, preview_split), None)
+        if d.is_main and cfg.val_every and not self.has_val:
             print(f"no val split in {exp.data_dir}: validation loss is skipped")
 
         self.generator = seed_everything(exp.seed, d.rank, device)
         self.model = Unet3D(unet).to(device)
+        self.model.gradient_checkpointing = cfg.gradient_checkpointing
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_start, cfg.ema_every)
         self.diffusion = GaussianDiffusion(exp.model.diffusion)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
@@ -140,6 +146,8 @@ class Trainer:
         self.net = torch.compile(net) if cfg.compile else net
         self.log = MetricsLog(self.out, enabled=d.is_main, after_step=self.step)
         self.space = attribute_space(exp.raw)
+        self.card = ModelCard(unet=unet, diffusion=exp.model.diffusion, text_encoder=self.encoder, data=self.geometry)
+        self.pipe = TextToVideo(self.ema.model, self.card, device=device)  # samples the previews, as generate does
 
     # resume -------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -147,7 +155,7 @@ class Trainer:
         return {"micro_batches": self.step * cfg.grad_accum, "batch_size": cfg.batch_size,
                 "grad_accum": cfg.grad_accum, "num_workers": cfg.num_workers, "world_size": self.d.world_size,
                 "seed": self.exp.seed, "model": to_dict(self.exp.model), "train": to_dict(cfg),
-                "encoder": self.encoder, "geometry": self.geometry}
+                "encoder": to_dict(self.encoder), "geometry": to_dict(self.geometry)}
 
     def set_aside_previous_run(self, why: str) -> None:
         """Starting from step 0: rank 0 moves a previous run's outputs aside (nothing lost, nothing mixed in)."""
@@ -180,15 +188,15 @@ class Trainer:
         if state.get("model") != to_dict(self.exp.model):
             raise TrainingError(f"{path}: was trained with a different model config; use another name / "
                                 f"train.out_dir, or --fresh (train.resume=never) to move this run aside and start over")
-        old = state.get("encoder") or {}
+        old, now = state.get("encoder") or {}, to_dict(self.encoder)
         keys = ("id", "weights_hash", "dim")
-        if old and any(old.get(k) != self.encoder.get(k) for k in keys):
+        if old and any(old.get(k) != now.get(k) for k in keys):
             def name(e):
                 return f"{e.get('id')} (weights {str(e.get('weights_hash'))[:12]}, dim {e.get('dim')})"
             raise TrainingError(f"{path}: was trained on captions embedded by {name(old)}, but the shards in "
-                                f"{self.exp.data_dir} were embedded by {name(self.encoder)}; embed with the first, "
+                                f"{self.exp.data_dir} were embedded by {name(now)}; embed with the first, "
                                 f"or --fresh (train.resume=never) to start over")
-        if state.get("geometry") not in (None, self.geometry) and self.d.is_main:
+        if state.get("geometry") not in (None, to_dict(self.geometry)) and self.d.is_main:
             print(f"warning: {path}: was trained on {state['geometry']} videos, the shards hold {self.geometry}")
         ckpt.load_weights(path, "model.safetensors", self.model)
         ckpt.load_weights(path, "ema.safetensors", self.ema.model)
@@ -214,14 +222,7 @@ class Trainer:
         d.barrier()
 
     def export(self) -> Path:
-        enc = self.encoder
-        card = ModelCard(
-            diffusion=self.exp.model.diffusion,
-            text_encoder=TextEncoderInfo(id=enc["id"], dim=enc["dim"], max_length=enc.get("max_length", 77),
-                                         weights_hash=enc.get("weights_hash", ""), tokens=enc.get("tokens", False)),
-            data=DataGeometry(**{k: self.geometry[k] for k in ("frames", "height", "width", "channels", "fps")}),
-        )
-        return save_pretrained(self.out / "model", self.ema.model, card)
+        return save_pretrained(self.out / "model", self.ema.model, self.card)
 
     # loop ---------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -231,7 +232,7 @@ class Trainer:
             self.log.close()
             return {"step": self.step, "loss": None, "checkpoint": str(self.last_checkpoint),
                     "model": str(self.out / "model"), "seconds": 0.0}
-        loader = train_loader(shard_list(self.exp.data_dir, "train"), batch_size=cfg.batch_size, seed=self.exp.seed,
+        loader = train_loader(self.manifest, batch_size=cfg.batch_size, seed=self.exp.seed,
                               rank=d.rank, world_size=d.world_size, num_workers=cfg.num_workers,
                               shuffle_buffer=cfg.shuffle_buffer, hflip=cfg.hflip,
                               batches_done=self.step * cfg.grad_accum, pin_memory=self.device.type == "cuda")
@@ -267,7 +268,7 @@ class Trainer:
                 final = self.step == cfg.steps
                 if self.step % cfg.checkpoint_every == 0 or final:
                     self.save()
-                if d.is_main and self.val_shards and cfg.val_every and (self.step % cfg.val_every == 0 or final):
+                if d.is_main and self.has_val and cfg.val_every and (self.step % cfg.val_every == 0 or final):
                     self.log.write({"step": self.step, "val_loss": self.validate()})
                 if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
                     scores = self.sample()
@@ -283,7 +284,7 @@ class Trainer:
     def train_step(self, batches) -> float:
         cfg, dev = self.cfg, self.device
         lr = lr_at(self.step, cfg)
-        prior = prior_fraction_at(self.step, self.diffusion.config.prior_fraction, cfg.prior_fraction_end, cfg.steps)
+        prior = prior_fraction_at(self.step, cfg.prior_fraction, cfg.prior_fraction_end, cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -291,11 +292,13 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = next(batches)
             x0, cond = to_model_input(batch["video"], dev), text_inputs(batch, dev)
-            drop = torch.rand(len(x0), device=dev, generator=self.generator) < self.diffusion.config.null_cond_prob
+            # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
+            drop = torch.rand(len(x0), device=dev, generator=self.generator) < cfg.null_cond_prob
             sync = micro == cfg.grad_accum - 1 or not self.d.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
                 loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator,
-                                                    prior_fraction=prior)
+                                                    prior_fraction=prior, loss=cfg.loss,
+                                                    min_snr_gamma=cfg.min_snr_gamma)
                 loss = loss / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
@@ -319,19 +322,18 @@ class Trainer:
     # evaluation during training -------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float:
-        return validation_loss(self.ema.model, self.diffusion, self.val_shards, self.cfg.batch_size,
-                               self.cfg.val_batches, self.device, self.exp.seed)
+        return validation_loss(self.ema.model, self.diffusion, self.manifest, self.cfg, self.cfg.val_batches,
+                               self.device, self.exp.seed)
 
     def sample(self) -> dict[str, Any]:
         if self.preview is None:
             return {}
-        g = self.geometry
-        shape = (g["channels"], g["frames"], g["height"], g["width"])
-        videos = sample_videos(self.ema.model, self.diffusion, shape, **text_inputs(self.preview, self.device),
-                               steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance, seed=self.exp.seed,
-                               device=self.device)
+        cond = text_inputs(self.preview, self.device)
+        videos = self.pipe.generate_from_embeddings(cond["text"], tokens=cond["tokens"], token_mask=cond["token_mask"],
+                                                    steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
+                                                    seed=self.exp.seed)
         stem = self.out / "samples" / f"step-{self.step:06d}"
-        save_grid(stem.with_suffix(".gif"), videos, fps=g["fps"], scale=4)
+        save_grid(stem.with_suffix(".gif"), videos, fps=self.geometry.fps, scale=4)
         stem.with_suffix(".txt").write_text("\n".join(self.preview["caption"]) + "\n")
         attrs = [m.get("attributes") or {} for m in self.preview["meta"]]
         if self.space is None or not all(attrs):
@@ -341,20 +343,22 @@ class Trainer:
 
 
 @torch.no_grad()
-def validation_loss(model, diffusion: GaussianDiffusion, shards: list[str], batch_size: int, limit: int,
-                    device: torch.device, seed: int) -> float:
-    """Mean conditional loss over the first `limit` val batches with fixed t and noise, t uniform over the schedule
-    (prior_fraction 0, whatever training uses), so runs with different settings compare."""
-    if not shards or limit == 0:
+def validation_loss(model, diffusion: GaussianDiffusion, manifest: Manifest, cfg, limit: int, device: torch.device,
+                    seed: int) -> float:
+    """Mean conditional loss (train config `cfg`'s loss and weighting, batches of its batch_size) over the first
+    `limit` val batches with fixed t and noise, t uniform over the schedule (prior_fraction 0, whatever training
+    uses), so runs with different settings compare."""
+    if not manifest.count("val") or limit == 0:
         return float("nan")
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed + 7919)
     losses = []
-    for batch in val_batches(shards, batch_size, limit):
+    for batch in val_batches(manifest, cfg.batch_size, limit):
         x0 = to_model_input(batch["video"], device)
         keep = torch.zeros(len(x0), dtype=torch.bool, device=device)
         losses.append(diffusion.training_loss(model, x0, **text_inputs(batch, device), drop_text=keep,
-                                              generator=generator, prior_fraction=0.0).item())
+                                              generator=generator, loss=cfg.loss,
+                                              min_snr_gamma=cfg.min_snr_gamma).item())
     return float(np.mean(losses))
 
 

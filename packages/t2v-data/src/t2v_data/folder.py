@@ -1,0 +1,71 @@
+"""A folder of your own videos, each with a same-stem .txt caption file (one caption per non-empty line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from t2v_model.errors import ConfigError, DataError
+
+from .sources import Reject, VideoFileSource, WorkItem, dedupe_keys, natural_key, sample_key
+from .video_decode import VIDEO_SUFFIXES
+
+if TYPE_CHECKING:
+    from .prepare_config import PrepareConfig
+
+
+@dataclass
+class FolderConfig:
+    dir: str = ""  # videos (searched recursively), each with a same-stem .txt (one caption per non-empty line)
+    limit: int = 0  # at most this many videos (0 = all)
+
+    def validate(self) -> None:
+        if self.limit < 0:
+            raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
+
+
+class Folder(VideoFileSource):
+    name = "folder"
+    config = FolderConfig
+
+    def check(self, cfg: PrepareConfig) -> None:
+        if not cfg.section.dir:
+            raise ConfigError("folder.dir: required when source is folder")
+
+    def list_work(self, cfg: PrepareConfig) -> tuple[list[WorkItem], list[Reject]]:
+        fc: FolderConfig = cfg.section
+        root = Path(fc.dir)
+        if not root.is_dir():
+            raise DataError(f"{root}: video folder not found (data.folder.dir)")
+        paths = sorted(
+            (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
+            key=lambda p: natural_key(p.relative_to(root).as_posix()),
+        )
+        if not paths:
+            patterns = ", ".join("*" + s for s in VIDEO_SUFFIXES)
+            raise DataError(f"{root}: no video files ({patterns}, searched recursively) (data.folder.dir)")
+        if fc.limit:
+            paths = paths[: fc.limit]
+        items, rejects = [], []
+        for p in paths:
+            rel = p.relative_to(root).as_posix()
+            txt = p.with_suffix(".txt")
+            if not txt.is_file():
+                rejects.append(Reject(rel, str(p), f"no caption file {txt.name}"))
+                continue
+            try:
+                caps = [line.strip() for line in txt.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                rejects.append(Reject(rel, str(p), f"unreadable caption file ({e})"))
+                continue
+            if not caps:
+                rejects.append(Reject(rel, str(p), "empty caption"))
+                continue
+            items.append(WorkItem(rel, sample_key("folder", rel.rsplit(".", 1)[0]), path=str(p), captions=caps,
+                                  file_bytes=p.stat().st_size))
+        dedupe_keys(items)
+        return items, rejects
+
+
+SOURCE = Folder()
