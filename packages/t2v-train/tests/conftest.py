@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import webdataset as wds
 
 from t2v_train.config import load_experiment
@@ -139,3 +140,84 @@ def make_experiment(shards, tmp_path):
         return load_experiment(None, raw=tiny_raw(shards, tmp_path / out, **train))
 
     return make
+
+# stand-ins for the real-video metrics' models (t2v_train.video_metrics): offline, random, tiny --------------------
+
+I3D_DIM = 8  # feature size of the tiny I3D
+
+
+class TinyI3D(torch.nn.Module):
+    """Stands in for StyleGAN-V's i3d_torchscript.pt: its forward signature and output, (B, 3, T, 224, 224) in
+    [-1, 1] -> (B, D) pre-softmax features; like I3D it divides time by 8 before a 2-step pool, so short clips fail."""
+
+    def __init__(self, dim: int = I3D_DIM):
+        super().__init__()
+        self.conv1 = torch.nn.Conv3d(3, 8, (3, 8, 8), stride=(2, 8, 8), padding=(1, 0, 0))
+        self.conv2 = torch.nn.Conv3d(8, 16, 3, stride=2, padding=1)
+        self.logits = torch.nn.Conv3d(16, dim, 1)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        if rescale:
+            x = x / 127.5 - 1
+        if resize:
+            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
+        x = F.max_pool3d(F.relu(self.conv1(x)), 2)
+        x = F.avg_pool3d(F.relu(self.conv2(x)), (2, 7, 7), stride=1)
+        x = self.logits(x).mean(dim=(2, 3, 4))
+        return x if return_features else F.softmax(x, dim=-1)
+
+
+@pytest.fixture(scope="session")
+def tiny_i3d() -> TinyI3D:
+    torch.manual_seed(0)
+    return TinyI3D().eval()
+
+
+@pytest.fixture(scope="session")
+def i3d_file(tiny_i3d, tmp_path_factory):
+    path = tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt"
+    torch.jit.script(tiny_i3d).save(str(path))
+    return path
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table of byte-level BPE (GPT-2 / CLIP)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random 2-layer CLIP (hidden 32, 32x32 images, patch 8) with a byte-level CLIP tokenizer (no merges) and
+    a 32px image processor, saved like a hub CLIP directory."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    chars = list(bytes_to_unicode().values())
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer.from_pretrained(d).save_pretrained(d)
+    end = vocab["<|endoftext|>"]
+    torch.manual_seed(0)
+    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                          eos_token_id=end, pad_token_id=end)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    CLIPModel(config).save_pretrained(d)
+    ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    return d

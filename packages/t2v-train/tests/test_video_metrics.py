@@ -5,7 +5,6 @@ saved to a temp dir, and the one-line MetricUnavailable errors when weights are 
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 import urllib.error
@@ -32,7 +31,6 @@ from t2v_train.video_metrics import (
     preprocess_i3d,
 )
 
-D = 8  # feature size of the tiny I3D
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")  # the real I3D is TorchScript
 
 
@@ -129,50 +127,15 @@ def test_frechet_rejects_what_is_not_a_pair_of_gaussians():
 
 # ------------------------------------------------------------------------------------------------------------- I3D
 
-class TinyI3D(torch.nn.Module):
-    """Stands in for StyleGAN-V's i3d_torchscript.pt: its forward signature and output, (B, 3, T, 224, 224) in
-    [-1, 1] -> (B, D) pre-softmax features; like I3D it divides time by 8 before a 2-step pool, so short clips fail."""
-
-    def __init__(self, dim: int = D):
-        super().__init__()
-        self.conv1 = torch.nn.Conv3d(3, 8, (3, 8, 8), stride=(2, 8, 8), padding=(1, 0, 0))
-        self.conv2 = torch.nn.Conv3d(8, 16, 3, stride=2, padding=1)
-        self.logits = torch.nn.Conv3d(16, dim, 1)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        if rescale:
-            x = x / 127.5 - 1
-        if resize:
-            x = F.interpolate(x, size=(x.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        x = F.max_pool3d(F.relu(self.conv1(x)), 2)
-        x = F.avg_pool3d(F.relu(self.conv2(x)), (2, 7, 7), stride=1)
-        x = self.logits(x).mean(dim=(2, 3, 4))
-        return x if return_features else F.softmax(x, dim=-1)
-
-
 class Plain(torch.nn.Module):
     """Any module mapping the preprocessed clips to (B, D): what i3d_features accepts besides load_i3d's."""
 
-    def __init__(self, net: TinyI3D):
+    def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, return_features=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_i3d() -> TinyI3D:
-    torch.manual_seed(0)
-    return TinyI3D().eval()
-
-
-@pytest.fixture(scope="module")
-def i3d_file(tiny_i3d, tmp_path_factory):
-    path = tmp_path_factory.mktemp("i3d") / "i3d_torchscript.pt"
-    torch.jit.script(tiny_i3d).save(str(path))
-    return path
 
 
 def squares(n: int, seed: int, frames: int = 8, size: int = 32) -> np.ndarray:
@@ -217,7 +180,7 @@ def test_preprocess_8_frame_32px_clips_to_16_frames_224px_in_minus_1_1():
 def test_i3d_features_shape_determinism_and_batching(tiny_i3d):
     v = squares(5, seed=0)
     feats = i3d_features(v, Plain(tiny_i3d), batch_size=2)
-    assert feats.shape == (5, D) and feats.dtype == np.float64 and np.isfinite(feats).all()
+    assert feats.shape == (5, tiny_i3d.logits.out_channels) and feats.dtype == np.float64 and np.isfinite(feats).all()
     assert np.array_equal(feats, i3d_features(v, Plain(tiny_i3d), batch_size=2))
     assert np.allclose(feats, i3d_features(v, Plain(tiny_i3d), batch_size=5), rtol=1e-5, atol=1e-6)
     assert not np.allclose(feats[0], feats[1])
@@ -301,48 +264,6 @@ def test_i3d_download_into_the_cache(tmp_path, monkeypatch, i3d_file):
 
 
 # -------------------------------------------------------------------------------------------------------- CLIPSIM
-
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of byte-level BPE (GPT-2 / CLIP)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random 2-layer CLIP (hidden 32, 32x32 images, patch 8) with a byte-level CLIP tokenizer (no merges) and
-    a 32px image processor, saved like a hub CLIP directory."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor as ImageProcessor
-
-    d = tmp_path_factory.mktemp("tiny_clip")
-    chars = list(bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer.from_pretrained(d).save_pretrained(d)
-    end = vocab["<|endoftext|>"]
-    torch.manual_seed(0)
-    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                          eos_token_id=end, pad_token_id=end)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
-    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
-    CLIPModel(config).save_pretrained(d)
-    ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
-
 
 def reference_clipsim(videos: list[np.ndarray], captions: list[str], model_dir) -> float:
     """The definition, one video at a time: mean over videos of mean over frames of the cosine."""

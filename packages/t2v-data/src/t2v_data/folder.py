@@ -1,4 +1,8 @@
-"""A folder of your own videos, each with a same-stem .txt caption file (one caption per non-empty line)."""
+"""A folder of your own videos, each with a same-stem .txt caption file (one caption per non-empty line).
+
+Every file under the folder is accounted for: a video (any container in VIDEO_SUFFIXES: .mp4 .mov .mkv .webm .avi
+.gif ...) becomes clips or a reject with ffmpeg's reason; a .txt file is a caption; anything else (hidden files
+aside) is listed in rejects.jsonl as not a video."""
 
 from __future__ import annotations
 
@@ -38,16 +42,20 @@ class Folder(VideoFileSource):
         root = Path(fc.dir)
         if not root.is_dir():
             raise DataError(f"{root}: video folder not found (data.folder.dir)")
-        paths = sorted(
-            (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES),
-            key=lambda p: natural_key(p.relative_to(root).as_posix()),
-        )
+        files = sorted((p for p in root.rglob("*") if p.is_file() and not _hidden(p.relative_to(root))),
+                       key=lambda p: natural_key(p.relative_to(root).as_posix()))
+        paths = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
         if not paths:
             patterns = ", ".join("*" + s for s in VIDEO_SUFFIXES)
             raise DataError(f"{root}: no video files ({patterns}, searched recursively) (data.folder.dir)")
         if fc.limit:
             paths = paths[: fc.limit]
         items, rejects = [], []
+        for p in files:
+            if p.suffix.lower() not in (*VIDEO_SUFFIXES, ".txt"):
+                rel = p.relative_to(root).as_posix()
+                rejects.append(Reject(rel, str(p), f"not a video file ({p.suffix or 'no extension'}; videos are "
+                                                   f"{' '.join(VIDEO_SUFFIXES)})"))
         for p in paths:
             rel = p.relative_to(root).as_posix()
             txt = p.with_suffix(".txt")
@@ -66,6 +74,10 @@ class Folder(VideoFileSource):
                                   file_bytes=p.stat().st_size))
         dedupe_keys(items)
         return items, rejects
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
 
 
 SOURCE = Folder()

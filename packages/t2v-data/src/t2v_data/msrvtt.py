@@ -1,12 +1,25 @@
-"""MSR-VTT (Xu et al. 2016): YouTube clips with 20 English captions each, from its annotation file."""
+"""MSR-VTT (Xu et al. 2016) as released: 10,000 YouTube clips with 20 English captions each, in its official split.
+
+Annotation files (any of them, several at once; the format is recognised from the content):
+- train_val_videodatainfo.json and test_videodatainfo.json (the official release; TrainValVideo/, TestVideo/),
+- MSRVTT_data.json (the combined file retrieval code uses: all 10,000 videos, each with its split),
+both {"videos": [{"video_id", "split", "category", ...}], "sentences": [{"video_id", "caption"}]};
+- the "1k-A" test list, a CSV with columns key,vid_key,video_id,sentence (MSRVTT_JSFUSION_test.csv): test videos.
+
+Splits: train -> train, validate -> val, test -> test (never read by training). A video any file calls test is a
+test video. Every caption of a video is kept, in file order; training draws one at random each time it sees the
+clip, validation and evaluation use the first.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from t2v_model.errors import ConfigError, DataError
 
@@ -16,16 +29,27 @@ from .video_decode import VIDEO_SUFFIXES
 if TYPE_CHECKING:
     from .prepare_config import PrepareConfig
 
+SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+FORMATS = ("train_val_videodatainfo.json / test_videodatainfo.json (the official release), MSRVTT_data.json (all "
+           "videos with their split), or the 1k-A test CSV (columns key,vid_key,video_id,sentence)")
+
 
 @dataclass
 class MsrvttConfig:
-    videos_dir: str = ""  # folder holding video0.mp4, video1.mp4, ...
-    annotations: str = ""  # the official train_val_videodatainfo.json
-    limit: int = 0  # at most this many videos (0 = all)
+    videos_dir: str = ""  # searched recursively for video<N>.mp4: the folder holding TrainValVideo/ and TestVideo/
+    annotations: list[str] = field(default_factory=list)  # annotation files, see the module docstring
+    limit: int = 0  # at most this many videos (0 = all), in video-id order
 
     def validate(self) -> None:
         if self.limit < 0:
             raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
+
+
+@dataclass
+class Entry:
+    split: str = "train"
+    captions: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Msrvtt(VideoFileSource):
@@ -33,56 +57,82 @@ class Msrvtt(VideoFileSource):
     config = MsrvttConfig
 
     def check(self, cfg: PrepareConfig) -> None:
-        for key in ("videos_dir", "annotations"):
-            if not getattr(cfg.section, key):
-                raise ConfigError(f"msrvtt.{key}: required when source is msrvtt")
+        if not cfg.msrvtt.videos_dir:
+            raise ConfigError("msrvtt.videos_dir: required when source is msrvtt")
+        if not cfg.msrvtt.annotations:
+            raise ConfigError(f"msrvtt.annotations: required when source is msrvtt: a list of {FORMATS}")
 
     def list_work(self, cfg: PrepareConfig) -> tuple[list[WorkItem], list[Reject]]:
-        mc: MsrvttConfig = cfg.section
-        videos_dir, ann = Path(mc.videos_dir), Path(mc.annotations)
+        mc: MsrvttConfig = cfg.msrvtt
+        videos_dir = Path(mc.videos_dir)
         if not videos_dir.is_dir():
             raise DataError(f"{videos_dir}: MSR-VTT videos directory not found (data.msrvtt.videos_dir)")
-        if not ann.is_file():
-            raise DataError(f"{ann}: MSR-VTT annotation file not found (data.msrvtt.annotations)")
-        try:
-            data = json.loads(ann.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{ann}: not valid JSON ({e})") from None
-        if (
-            not isinstance(data, dict)
-            or not isinstance(data.get("videos"), list)
-            or not isinstance(data.get("sentences"), list)
-        ):
-            raise DataError(f"{ann}: expected the official schema with 'videos' and 'sentences' lists")
-        captions: dict[str, list[str]] = defaultdict(list)
-        for s in data["sentences"]:
-            if isinstance(s, dict) and isinstance(s.get("video_id"), str):
-                captions[s["video_id"]].append(s.get("caption") if isinstance(s.get("caption"), str) else "")
-        entries = {v["video_id"]: v for v in data["videos"]
-                   if isinstance(v, dict) and isinstance(v.get("video_id"), str)}
-        files = {p.stem: p for p in videos_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+        entries: dict[str, Entry] = defaultdict(Entry)
+        for ann in map(Path, mc.annotations):
+            read_annotations(ann, entries)
+        files = {p.stem: p for p in sorted(videos_dir.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
 
         items, rejects = [], []
         ids = sorted(entries, key=natural_key)
         if mc.limit:
             ids = ids[: mc.limit]
         for vid in ids:
+            entry = entries[vid]
             path = files.get(vid, videos_dir / f"{vid}.mp4")
             if vid not in files:
                 rejects.append(Reject(vid, str(path), "video file missing"))
                 continue
-            caps = [c.strip() for c in captions.get(vid, []) if c.strip()]
+            caps = list(dict.fromkeys(c.strip() for c in entry.captions if c.strip()))
             if not caps:
-                why = "empty captions" if captions.get(vid) else "no captions"
-                rejects.append(Reject(vid, str(path), why))
+                rejects.append(Reject(vid, str(path), "empty captions" if entry.captions else "no captions"))
                 continue
-            extra = {k: entries[vid][k] for k in ("category", "split", "start time", "end time", "url")
-                     if k in entries[vid]}
             items.append(WorkItem(vid, sample_key("msrvtt", vid), path=str(path), captions=caps,
-                                  attributes={"msrvtt": extra}, file_bytes=path.stat().st_size))
+                                  attributes={"msrvtt": {**entry.info, "split": entry.split}},
+                                  file_bytes=path.stat().st_size, split=SPLITS[entry.split]))
         for stem in sorted(set(files) - set(entries), key=natural_key):
-            rejects.append(Reject(stem, str(files[stem]), "no entry in the annotation file"))
+            rejects.append(Reject(stem, str(files[stem]), "no entry in the annotation files (data.msrvtt.annotations)"))
         return items, rejects
+
+
+def read_annotations(path: Path, entries: dict[str, Entry]) -> None:
+    """Add the videos and captions of one annotation file to `entries`; DataError naming the file otherwise."""
+    if not path.is_file():
+        raise DataError(f"{path}: MSR-VTT annotation file not found (data.msrvtt.annotations)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable annotation file ({e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("videos"), list) and isinstance(data.get("sentences"), list):
+        _read_json(path, data, entries)
+        return
+    rows = list(csv.DictReader(io.StringIO(text))) if data is None else []
+    if rows and {"video_id", "sentence"} <= set(rows[0]):
+        for row in rows:
+            entry = entries[row["video_id"]]
+            entry.split = "test"  # the 1k-A list is a test set: never trained on, whatever another file says
+            entry.captions.append(row["sentence"] or "")
+        return
+    raise DataError(f"{path}: not an MSR-VTT annotation format this reads; supported: {FORMATS}")
+
+
+def _read_json(path: Path, data: dict, entries: dict[str, Entry]) -> None:
+    for v in data["videos"]:
+        if not isinstance(v, dict) or not isinstance(v.get("video_id"), str):
+            continue
+        split = v.get("split", "train")
+        if split not in SPLITS:
+            raise DataError(f"{path}: video {v['video_id']}: unknown split {split!r} (known: {', '.join(SPLITS)})")
+        entry = entries[v["video_id"]]
+        if entry.split != "test":  # a video any file calls test stays a test video
+            entry.split = split
+        entry.info.update({k: v[k] for k in ("category", "start time", "end time", "url") if k in v})
+    for s in data["sentences"]:
+        if isinstance(s, dict) and isinstance(s.get("video_id"), str):
+            entries[s["video_id"]].captions.append(s.get("caption") if isinstance(s.get("caption"), str) else "")
 
 
 SOURCE = Msrvtt()

@@ -46,7 +46,7 @@ from .shards import (
     rejects_bytes,
     shard_name,
 )
-from .sources import Reject, WorkItem, estimated_bytes
+from .sources import Made, Reject, WorkItem, estimated_bytes, split_of
 
 STATE_DIR = ".prepare"
 
@@ -71,6 +71,7 @@ class ShardRecord:
     planned: list[str]
     inputs: str = ""  # the plan's inputs_digest when the shard was written
     sha256: str = ""  # of the shard file ("" when every input was rejected)
+    fps_sum: float = 0.0  # of its samples' fps: the manifest's fps is their mean
 
 
 @dataclass
@@ -83,7 +84,8 @@ class PrepareSummary:
     skipped: int  # shards already complete
     processed: int  # inputs turned into samples or rejects by this run
     seconds: float
-    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+    manifest: Manifest | None = field(repr=False, default=None)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clips_per_s(self) -> float:
@@ -99,12 +101,6 @@ class PrepareSummary:
         ]
 
 
-def split_of(source_id: str, val_fraction: float) -> str:
-    """Stable train/val assignment from a hash of the source id (never the sample order)."""
-    h = int.from_bytes(hashlib.sha256(source_id.encode()).digest()[:8], "big") / 2.0**64
-    return "val" if h < val_fraction else "train"
-
-
 def item_split(item: WorkItem, cfg: PrepareConfig) -> str:
     """The split the source prescribes (MSR-VTT's official one), else a stable hash of the source id."""
     return item.split or split_of(item.source_id, cfg.val_fraction)
@@ -117,9 +113,11 @@ def plan_shards(items: list[WorkItem], cfg: PrepareConfig) -> list[ShardPlan]:
     for split in SPLITS:
         current: list[WorkItem] = []
         size = 1024
+        per_item = cfg.samples_per_item  # an upper bound: a video may give fewer clips
         for it in (i for i in items if item_split(i, cfg) == split):
             n = estimated_bytes(it, cfg)
-            if current and (len(current) >= cfg.shard_max_samples or size + n > cfg.shard_max_bytes):
+            if current and ((len(current) + 1) * per_item > cfg.shard_max_samples
+                            or size + n > cfg.shard_max_bytes):
                 plans.append(ShardPlan(split, len([p for p in plans if p.split == split]), current))
                 current, size = [], 1024
             current.append(it)
@@ -205,13 +203,22 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
             split.count += rec.count
     if not splits:
         raise DataError(f"{cfg.source}: every input was rejected ({len(rejects)}, see {out / REJECTS})")
-    manifest = Manifest(stage="prepare", source=cfg.source, geometry=DataGeometry(**cfg.geometry),
-                        config_hash=digest, splits=splits, rejects=len(rejects))
+    # clips play at data.fps; spread clips at their own effective fps: the model's videos play at the mean
+    fps = round(sum(records[p.name].fps_sum for p in plans) / sum(s.count for s in splits.values()), 3)
+    geometry = DataGeometry(frames=cfg.frames, height=cfg.h, width=cfg.w, channels=3, fps=fps)
+    manifest = Manifest(stage="prepare", source=cfg.source, geometry=geometry, config_hash=digest, splits=splits,
+                        rejects=len(rejects))
     old = _read_manifest(out)
     if old is not None and old == dataclasses.replace(manifest, created=old.created):
         manifest = old  # nothing changed: keep the file (and its creation time) as is
     else:
         manifest.write(out)
+    warnings = []
+    if not manifest.count("val"):
+        how = ("the source's own split put no video in val" if any(it.split for it in items) else
+               f"data.val_fraction {cfg.val_fraction} of {len(items)} inputs drew none; raise it")
+        warnings.append(f"no val clips in {out}: training reports no val loss and evaluate has nothing to score "
+                        f"({how})")
     return PrepareSummary(
         str(out),
         {s: manifest.count(s) for s in SPLITS},
@@ -222,20 +229,24 @@ def run_prepare(cfg: PrepareConfig, seed: int = 0, overwrite: bool = False, prog
         processed=sum(len(p.items) for p in todo),
         seconds=time.perf_counter() - start,
         manifest=manifest,
+        warnings=warnings,
     )
 
 
-def _write_shard(plan: ShardPlan, make: Callable[[WorkItem], Any], out: Path, cfg: PrepareConfig,
+def _write_shard(plan: ShardPlan, make: Callable[[WorkItem], list[Made] | Reject], out: Path, cfg: PrepareConfig,
                  on_item=None) -> ShardRecord:
     rejects: list[dict[str, str]] = []
-    writer = ShardWriter(out / plan.name, max_samples=cfg.shard_max_samples, max_bytes=cfg.shard_max_bytes)
+    writer = ShardWriter(out / plan.name)  # plan_shards sized it
+    fps_sum = 0.0
     try:
         for it in plan.items:
             result = make(it)
             if isinstance(result, Reject):
                 rejects.append(result.to_json())
             else:
-                writer.write(it.key, result)
+                for sample in result:
+                    writer.write(sample.key, sample.members)
+                    fps_sum += sample.fps
             if on_item:
                 on_item()
     except BaseException:
@@ -248,7 +259,7 @@ def _write_shard(plan: ShardPlan, make: Callable[[WorkItem], Any], out: Path, cf
     else:  # every input of this shard was rejected: no empty tar
         writer.abort()
         (out / plan.name).unlink(missing_ok=True)
-    rec = ShardRecord(plan.name, writer.count, rejects, [it.key for it in plan.items], plan.inputs, sha256)
+    rec = ShardRecord(plan.name, writer.count, rejects, [it.key for it in plan.items], plan.inputs, sha256, fps_sum)
     write_json_atomic(out / STATE_DIR / f"{plan.name}.json", rec.__dict__)
     return rec
 
@@ -378,7 +389,7 @@ def inputs_digest(plan: ShardPlan) -> str:
     a resumed run redoes a shard whose caption file or video changed (a finished shard is never read back)."""
     h = hashlib.sha256()
     for it in plan.items:
-        row: list[Any] = [it.key, it.index, it.path, it.captions, it.attributes]
+        row: list[Any] = [it.key, it.index, it.path, it.captions, it.attributes, it.start, it.end, it.split]
         if it.path is not None:
             try:
                 st = os.stat(it.path)

@@ -24,10 +24,14 @@ class PrepareConfig:
     size: int = 32  # square side; height/width override it
     height: int | None = None
     width: int | None = None
-    fps: int = 8
-    # video files: "spread" = frames evenly over the whole clip; "window" = consecutive frames at `fps`
-    # from the middle of the clip
-    sampling: Literal["spread", "window"] = "spread"
+    fps: float = 8  # frames per second of the clips, and of the videos the trained model generates
+    # video files: "clips" = `frames` consecutive frames at `fps` (real speed), within one shot; "spread" = `frames`
+    # frames evenly over the whole video (a time-lapse; each sample records its effective fps)
+    sampling: Literal["clips", "spread"] = "clips"
+    clips_per_video: int = 1  # at most this many clips from one video (spread evenly over its usable shots)
+    clip_stride: float | None = None  # seconds between the starts of a video's clips; None = as spread as possible
+    # shot-cut detection: a clip never spans a colour-histogram change above this (0..1); null = no detection
+    scene_threshold: float | None = 0.25
     val_fraction: float = 0.05
     workers: int = 1
     shard_max_samples: int = 500
@@ -57,8 +61,10 @@ class PrepareConfig:
         return self.width or self.size
 
     @property
-    def geometry(self) -> dict[str, int]:
-        return {"frames": self.frames, "height": self.h, "width": self.w, "channels": 3, "fps": self.fps}
+    def samples_per_item(self) -> int:
+        """At most how many samples one listed input gives (several clips of one video)."""
+        video = not SOURCES[self.source].synthetic and self.sampling == "clips"
+        return self.clips_per_video if video else 1
 
     def validate(self) -> None:
         if self.source not in SOURCES:
@@ -69,9 +75,15 @@ class PrepareConfig:
             v = getattr(self, key)
             if v is not None and v < 16:
                 raise ConfigError(f"{key}: must be >= 16 pixels, got {v}")
-        for key in ("fps", "workers", "shard_max_samples", "shard_max_bytes"):
+        for key in ("workers", "shard_max_samples", "shard_max_bytes", "clips_per_video"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.fps <= 240:
+            raise ConfigError(f"fps: must be in (0, 240], got {self.fps}")
+        if self.clip_stride is not None and self.clip_stride <= 0:
+            raise ConfigError(f"clip_stride: must be positive seconds or null, got {self.clip_stride}")
+        if self.scene_threshold is not None and not 0 <= self.scene_threshold <= 1:
+            raise ConfigError(f"scene_threshold: must be in [0, 1] or null, got {self.scene_threshold}")
         if SOURCES[self.source].synthetic and self.num_samples < 1:
             raise ConfigError(f"num_samples: must be >= 1, got {self.num_samples}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import digits, folder, msrvtt, shapes
+from . import digits, folder, msrvtt, shapes, video_list
 from .sources import Source
 
 SOURCES: dict[str, Source] = {s.name: s for s in (
@@ -11,4 +11,5 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     digits.SOURCE,
     msrvtt.SOURCE,
     folder.SOURCE,
+    video_list.SOURCE,
 )}

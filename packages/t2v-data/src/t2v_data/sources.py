@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from t2v_model.errors import DataError
 
 from .shards import encode_sample, tar_bytes
-from .video_decode import decode_clip
+from .video_decode import decode, real_speed_clips, spread_clip, why_no_clip
 
 if TYPE_CHECKING:
     from .prepare_config import PrepareConfig
@@ -40,6 +40,8 @@ class WorkItem:
     attributes: dict[str, Any] = field(default_factory=dict)
     file_bytes: int = 0
     split: str | None = None  # a split the source prescribes (MSR-VTT's official one); None = by hash of source_id
+    start: float | None = None  # seconds: only this span of the file (a list source's start/end columns)
+    end: float | None = None
 
 
 @dataclass
@@ -52,7 +54,13 @@ class Reject:
         return {"source_id": self.source_id, "path": self.path, "reason": self.reason}
 
 
-Made = dict[str, bytes] | Reject  # the members of one sample, or why the input gave none
+@dataclass
+class Made:
+    """One sample made from a work item: its shard key, members, and the fps it plays at real speed."""
+
+    key: str
+    members: dict[str, bytes]
+    fps: float
 
 
 class Source:
@@ -68,8 +76,9 @@ class Source:
     def list_work(self, cfg: PrepareConfig) -> tuple[list[WorkItem], list[Reject]]:
         raise NotImplementedError
 
-    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], Made]:
-        """What turns one work item into a sample; built once per process (each prepare worker has its own)."""
+    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], list[Made] | Reject]:
+        """What turns one work item into its samples (or why it gives none); built once per process (each prepare
+        worker has its own)."""
         raise NotImplementedError
 
 
@@ -85,40 +94,60 @@ class SyntheticSource(Source):
         keys = [f"{self.name}-{i:08d}" for i in range(cfg.num_samples)]
         return [WorkItem(k, k, index=i) for i, k in enumerate(keys)], []
 
-    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], Made]:
+    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], list[Made] | Reject]:
         generator = self.generator(cfg, seed)
 
-        def make(item: WorkItem) -> Made:
+        def make(item: WorkItem) -> list[Made]:
             video, captions, attrs = generator.clip(item.index)
             meta = {"captions": captions, "source": self.name, "source_id": item.source_id, "attributes": attrs}
-            return encode_sample(video, meta)
+            return [Made(item.key, encode_sample(video, meta), cfg.fps)]
 
         return make
 
 
 class VideoFileSource(Source):
-    """Video files with captions: each work item's file is decoded to the configured geometry."""
+    """Video files with captions: each work item's file (or span) is decoded to the configured geometry and cut
+    into clips (t2v_data.video_decode); every clip of a video gets all of its captions."""
 
-    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], Made]:
-        def make(item: WorkItem) -> Made:
+    def maker(self, cfg: PrepareConfig, seed: int) -> Callable[[WorkItem], list[Made] | Reject]:
+        def make(item: WorkItem) -> list[Made] | Reject:
             try:
-                video, info = decode_clip(item.path, cfg.frames, cfg.h, cfg.w, cfg.fps, cfg.sampling)
+                d = decode(item.path, cfg.h, cfg.w, cfg.fps, item.start, item.end)
                 mp4 = Path(item.path).read_bytes() if keeps_mp4(item, cfg) else None
             except (DataError, OSError) as e:
                 return Reject(item.source_id, str(item.path), str(e).removeprefix(f"{item.path}: "))
-            meta = {"captions": item.captions, "source": self.name, "source_id": item.source_id,
-                    "attributes": {**item.attributes, **info}}
-            return encode_sample(video, meta, mp4)
+            if cfg.sampling == "spread":
+                clips = [spread_clip(d, cfg.frames)]
+            else:
+                clips = real_speed_clips(d, cfg.frames, cfg.clips_per_video, cfg.clip_stride, cfg.scene_threshold)
+                if not clips:
+                    return Reject(item.source_id, str(item.path), why_no_clip(d, cfg.frames, cfg.scene_threshold))
+            info = {"duration": d.duration, "source_fps": d.source_fps, "source_size": d.source_size,
+                    "decoded_frames": len(d.frames)}
+            made = []
+            for j, clip in enumerate(clips):
+                key = item.key if cfg.samples_per_item == 1 else f"{item.key}-clip{j}"
+                meta = {"captions": item.captions, "source": self.name, "source_id": item.source_id,
+                        "fps": round(clip.fps, 3), "span": list(clip.span),
+                        "attributes": {**item.attributes, **info, "frame_indices": clip.indices}}
+                made.append(Made(key, encode_sample(clip.video, meta, mp4 if j == 0 else None), clip.fps))
+            return made
 
         return make
 
 
+def split_of(source_id: str, val_fraction: float) -> str:
+    """Stable train/val assignment from a hash of the source id (never the sample order)."""
+    h = int.from_bytes(hashlib.sha256(source_id.encode()).digest()[:8], "big") / 2.0**64
+    return "val" if h < val_fraction else "train"
+
+
 def estimated_bytes(item: WorkItem, cfg: PrepareConfig) -> int:
-    """Tar bytes of the item's sample (exact for video.npy, a budget for meta.json)."""
+    """Tar bytes of the item's samples at most (exact for video.npy, a budget for meta.json)."""
     video = 128 + cfg.frames * cfg.h * cfg.w * 3
     meta = META_BUDGET + sum(len(c.encode()) + 4 for c in item.captions)
-    sizes = [video, meta] + ([item.file_bytes] if keeps_mp4(item, cfg) else [])
-    return tar_bytes(sizes)
+    mp4 = tar_bytes([item.file_bytes]) if keeps_mp4(item, cfg) else 0  # with the first clip only
+    return tar_bytes([video, meta]) * cfg.samples_per_item + mp4
 
 
 def keeps_mp4(item: WorkItem, cfg: PrepareConfig) -> bool:

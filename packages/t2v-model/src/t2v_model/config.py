@@ -87,10 +87,12 @@ class DataGeometry:
     height: int = 32
     width: int = 32
     channels: int = 3
-    fps: int = 8
+    fps: float = 8.0  # what the clips play at in real time, so what generated videos are written at
 
     def validate(self) -> None:
-        _positive(self, "frames", "height", "width", "channels", "fps")
+        _positive(self, "frames", "height", "width", "channels")
+        if not (isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool) and 0 < self.fps <= 1000):
+            raise ConfigError(f"fps: must be a number in (0, 1000], got {self.fps!r}")
 
 
 @dataclass

@@ -202,8 +202,10 @@ class GaussianDiffusion:
         prior_fraction: float = 0.0,
         loss: str = "l2",
         min_snr_gamma: float | None = None,
+        reduce: bool = True,
     ) -> torch.Tensor:
-        """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)`.
+        """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)` (with
+        `reduce=False`: the (B,) loss of each sample).
 
         Unless given, t comes from `sample_timesteps(prior_fraction=...)` and eps ~ N(0, I). `drop_text` (B,) bool
         marks the samples trained with the null caption (classifier-free guidance); the caller draws it. `loss` is
@@ -227,7 +229,7 @@ class GaussianDiffusion:
         per_sample = (err.abs() if loss == "l1" else err.square()).flatten(1).mean(1)
         if min_snr_gamma is not None:
             per_sample = per_sample * self.min_snr_weight(t, min_snr_gamma)
-        return per_sample.mean()
+        return per_sample.mean() if reduce else per_sample
 
     def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """The weight min(SNR, gamma) of the x_0 loss (Hang et al. 2023), carried over to the chosen target: the eps

@@ -20,7 +20,7 @@ class EmbedConfig:
     max_length: int = 77  # tokens per caption including [CLS]/[SEP]; longer captions are cut (and counted)
     batch_size: int = 64
     cache_dir: str | None = "cache/text"  # persistent caption-embedding cache; None = in memory for this run only
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (cuda when there is one)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # half precision on GPU only
 
     def validate(self) -> None:

@@ -36,6 +36,7 @@ from t2v_data.shards import (
 from t2v_model.config import TextEncoderInfo
 from t2v_model.errors import DataError
 from t2v_model.files import read_json, write_bytes_atomic, write_json_atomic
+from t2v_model.pipeline import resolve_device
 from t2v_model.text_encoder import TextEncoder, describe_text_encoder, load_text_encoder
 
 from .cache import CachedEmbedding, EmbeddingCache
@@ -162,8 +163,8 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
         raise DataError(f"embed.max_length: {cfg.max_length} but the given encoder cuts at {encoder.max_length}")
 
     def load() -> TextEncoder:
-        return load_text_encoder(cfg.encoder, device=cfg.device, dtype=cfg.dtype, max_length=cfg.max_length,
-                                 batch_size=cfg.batch_size)
+        return load_text_encoder(cfg.encoder, device=resolve_device(cfg.device), dtype=cfg.dtype,
+                                 max_length=cfg.max_length, batch_size=cfg.batch_size)
 
     # finished shards are recognised without loading the model (~8 s): it is loaded only when there is work
     if encoder is None:

@@ -118,6 +118,11 @@ class EvalConfig:
     device: str = "auto"
     val_batches: int = 8  # val-loss batches of train.batch_size
     targets: dict[str, float] = field(default_factory=lambda: {"color": 0.9, "motion": 0.7})  # shown as pass/fail
+    # real video: the clips and captions scored (the test split of MSR-VTT is never trained on)
+    split: Literal["val", "test"] = "val"
+    fvd: bool = True
+    fvd_weights: str | None = None  # the I3D TorchScript file; null = ~/.cache/t2v/fvd/, downloaded once online
+    clip_model: str | None = "openai/clip-vit-base-patch32"  # hub id or local dir; null = no CLIP score
 
     def validate(self) -> None:
         check_device(self.device)

@@ -344,22 +344,37 @@ class Trainer:
 
 @torch.no_grad()
 def validation_loss(model, diffusion: GaussianDiffusion, manifest: Manifest, cfg, limit: int, device: torch.device,
-                    seed: int) -> float:
+                    seed: int, split: str = "val") -> float:
     """Mean conditional loss (train config `cfg`'s loss and weighting, batches of its batch_size) over the first
-    `limit` val batches with fixed t and noise, t uniform over the schedule (prior_fraction 0, whatever training
-    uses), so runs with different settings compare."""
-    if not manifest.count("val") or limit == 0:
-        return float("nan")
+    `limit` batches of `split` with fixed t and noise, t uniform over the schedule (prior_fraction 0, whatever
+    training uses), so runs with different settings compare."""
+    return validation_losses(model, diffusion, manifest, cfg, limit, device, seed, split)[0]
+
+
+@torch.no_grad()
+def validation_losses(model, diffusion: GaussianDiffusion, manifest: Manifest, cfg, limit: int, device: torch.device,
+                      seed: int, split: str = "val", buckets: int = 4) -> tuple[float, list[float | None], int]:
+    """`validation_loss`, its mean in each of `buckets` equal ranges of t (low noise first; None where no sample
+    drew such a t), and the number of clips it is over."""
+    if not manifest.count(split) or limit == 0:
+        return float("nan"), [None] * buckets, 0
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed + 7919)
-    losses = []
-    for batch in val_batches(manifest, cfg.batch_size, limit):
+    losses, per_sample, ts = [], [], []
+    for batch in val_batches(manifest, cfg.batch_size, limit, split):
         x0 = to_model_input(batch["video"], device)
         keep = torch.zeros(len(x0), dtype=torch.bool, device=device)
-        losses.append(diffusion.training_loss(model, x0, **text_inputs(batch, device), drop_text=keep,
-                                              generator=generator, loss=cfg.loss,
-                                              min_snr_gamma=cfg.min_snr_gamma).item())
-    return float(np.mean(losses))
+        t = diffusion.sample_timesteps(len(x0), device, generator)  # what training_loss would draw: same numbers
+        each = diffusion.training_loss(model, x0, **text_inputs(batch, device), t=t, drop_text=keep,
+                                       generator=generator, loss=cfg.loss, min_snr_gamma=cfg.min_snr_gamma,
+                                       reduce=False)
+        losses.append(each.mean().item())
+        per_sample += each.tolist()
+        ts += t.tolist()
+    bucket = np.minimum(np.array(ts) * buckets // diffusion.num_timesteps, buckets - 1)
+    by_t = [float(np.mean(np.array(per_sample)[bucket == b])) if (bucket == b).any() else None
+            for b in range(buckets)]
+    return float(np.mean(losses)), by_t, len(ts)
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
