@@ -154,7 +154,11 @@ def test_decode_sample_checks_every_member_against_the_manifest(tmp_path):
         (bad("video.npy", npy_bytes(video.astype(np.float64))), r"video.npy is float64 \(4, 16, 16, 3\), the manifest"),
         (bad("text.npy", npy_bytes(text[:1])), r"text.npy is float16 \(1, 4\), the manifest says float16 \(2, 4\)"),
         (bad("text.npy", npy_bytes(np.full((2, 4), np.nan, np.float16))), "text.npy holds NaN or infinite values"),
-        (bad("tokens.npy", npy_bytes(tokens[:, :2])), r"tokens.npy is float16 \(2, 2, 4\)"),
+        (bad("tokens.npy", npy_bytes(tokens[:, :2])), r"mask.npy is uint8 \(2, 3\), the manifest says uint8 \(2, 2\)"),
+        (bad("tokens.npy", npy_bytes(np.ones((2, 4, 4), np.float16))), r"tokens.npy holds 4 tokens per caption, the "
+                                                                         r"manifest says 1 to 3"),
+        (bad("tokens.npy", npy_bytes(tokens[..., :3])), r"tokens.npy is float16 \(2, 3, 3\), the manifest says "
+                                                         r"float16 \(2, L, 4\)"),
         (bad("mask.npy", b"garbage"), r"mask.npy is not a valid .npy array"),
         (bad("meta.json", b"[1, 2]"), "meta.json must be an object"),
         (bad("meta.json", json.dumps({**meta, "captions": []}).encode()), "meta.json captions must be a non-empty"),

@@ -123,9 +123,14 @@ def test_token_mode_shapes_and_truncation(raw_dir, tmp_path, captions):
     assert mask.dtype == np.uint8 and mask.tolist() == [[1] * 10]
     direct = enc10.encode([long_caption], tokens=True)
     torch.testing.assert_close(torch.from_numpy(toks.astype(np.float32)), direct.tokens, atol=1e-3, rtol=1e-3)
-    short = emb["shapes-00000004"]  # "a blue square moving up": [CLS] + 5 + [SEP] = 7 real tokens
-    assert load_npy(short.get("mask.npy")).tolist() == [[1] * 7 + [0] * 3]
-    assert np.all(load_npy(short.get("tokens.npy"))[0, 7] == 0)
+    short = emb["shapes-00000004"]  # "a blue square moving up": [CLS] + 5 + [SEP] = 7 real tokens, no padding
+    assert load_npy(short.get("mask.npy")).tolist() == [[1] * 7]
+    # tokens are padded to the sample's longest caption (not max_length): its shorter ones are zero there
+    two = emb["shapes-00000000"]
+    lengths = [len(ids) for ids in enc10.tokenize(captions[0])[0]]
+    assert lengths[0] < lengths[1] and load_npy(two.get("mask.npy")).sum(1).tolist() == lengths
+    assert load_npy(two.get("tokens.npy")).shape == (2, lengths[1], 384)
+    assert np.all(load_npy(two.get("tokens.npy"))[0, lengths[0]:] == 0)
     # text.npy of the truncated caption is the pooled vector of the cut token sequence
     torch.testing.assert_close(torch.from_numpy(load_npy(s.get("text.npy")).astype(np.float32)), direct.pooled,
                                atol=1e-3, rtol=1e-3)

@@ -286,6 +286,8 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
                 record = future.result()
             except BrokenProcessPool:
                 raise _died(workers, Path(cfg.out_dir)) from None
+            except SystemExit:  # the worker unwound from a SIGTERM (to the whole process group, say): a stop
+                raise KeyboardInterrupt from None
             yield record
         done = True
     finally:
@@ -295,14 +297,22 @@ def _run_workers(todo: list[ShardPlan], cfg: PrepareConfig, seed: int, n: int) -
             pool.shutdown(wait=True)
 
 
-def _died(workers: list, out: Path) -> DataError:
+def _died(workers: list, out: Path) -> BaseException:
     """The error for a worker that died: its exit code, and the shard it was writing, which is the one whose temp
-    file is left once the pool has stopped the others (each removes its own on SIGTERM)."""
+    file is left once the pool has stopped the others (each removes its own on SIGTERM). Workers that all ended by
+    SIGTERM were stopped from outside, as the run is: an interruption."""
+    deadline = time.monotonic() + 10
     for w in workers:
-        w.join(10)
+        w.join(max(0.0, deadline - time.monotonic()))
+    # the pool's own thread reaps the same processes: an exit code can show up a moment after join returns
+    while any(w.exitcode is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
     codes = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
     # the pool SIGTERMs the other workers once one died: report the code of the one that died on its own
-    codes = [c for c in codes if c not in (-signal.SIGTERM, 128 + signal.SIGTERM)] or codes
+    own = [c for c in codes if c not in (-signal.SIGTERM, 128 + signal.SIGTERM)]
+    if codes and not own:
+        return KeyboardInterrupt()
+    codes = own or codes
     code = f" (exit code {codes[0]})" if codes else ""
     writing = sorted(m.group(1) for p in out.iterdir() if (m := _TEMP_SHARD.match(p.name)))
     where = f" while writing {' and '.join(writing)}" if writing else " between two shards"

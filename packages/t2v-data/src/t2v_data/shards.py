@@ -255,7 +255,8 @@ class Sample:
     video: np.ndarray  # uint8 (T, H, W, C), the manifest's geometry
     meta: dict[str, Any]  # captions (>= 1), source, source_id, attributes
     text: np.ndarray | None = None  # float16 (N, D), row i <-> captions[i] (embedded shards)
-    tokens: np.ndarray | None = None  # float16 (N, L, D), zero padded (with per-token embeddings)
+    # with per-token embeddings: float16 (N, L, D) zero padded to the sample's longest caption (L <= max_length)
+    tokens: np.ndarray | None = None
     mask: np.ndarray | None = None  # uint8 (N, L), 1 = a real token
 
     @property
@@ -285,7 +286,7 @@ def parse_meta(data: bytes | None) -> dict[str, Any]:
 def decode_sample(key: str, members: dict[str, bytes], manifest: Manifest, where: str | Path = "") -> Sample:
     """One sample, every member checked against the manifest: the video is uint8 of its geometry; in embedded shards
     text.npy (and tokens.npy / mask.npy when the manifest has per-token embeddings) has one row per caption, the
-    encoder's width and length, float16 and finite. A malformed member is a SampleError naming `where`, the key and
+    encoder's width, at most its max_length tokens, float16 and finite. A malformed member is a SampleError naming `where`, the key and
     the member (npy members are loaded without pickle, so a hostile one is refused, never run)."""
     prefix = f"{where}: sample {key}" if where else f"sample {key}"
     try:
@@ -298,8 +299,12 @@ def decode_sample(key: str, members: dict[str, bytes], manifest: Manifest, where
             n = len(meta["captions"])
             sample.text = _array(members, TEXT, np.float16, (n, te.dim), finite=True)
             if te.tokens:
-                sample.tokens = _array(members, TOKENS, np.float16, (n, te.max_length, te.dim), finite=True)
-                sample.mask = _array(members, MASK, np.uint8, (n, te.max_length))
+                sample.tokens = _array(members, TOKENS, np.float16, (n, None, te.dim), finite=True)
+                length = sample.tokens.shape[1]
+                if not 1 <= length <= te.max_length:
+                    raise SampleError(f"tokens.npy holds {length} tokens per caption, the manifest says 1 to "
+                                      f"{te.max_length}")
+                sample.mask = _array(members, MASK, np.uint8, (n, length))
     except SampleError as e:
         error = SampleError(f"{prefix}: {e}")
         error.reason = str(e)
@@ -307,7 +312,9 @@ def decode_sample(key: str, members: dict[str, bytes], manifest: Manifest, where
     return sample
 
 
-def _array(members: dict[str, bytes], name: str, dtype, shape: tuple[int, ...], finite: bool = False) -> np.ndarray:
+def _array(members: dict[str, bytes], name: str, dtype, shape: tuple[int | None, ...],
+           finite: bool = False) -> np.ndarray:
+    """The member as an array of this dtype and shape (None: any size along that axis)."""
     data = members.get(name)
     if data is None:
         raise SampleError(f"missing {name}")
@@ -315,9 +322,12 @@ def _array(members: dict[str, bytes], name: str, dtype, shape: tuple[int, ...], 
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises ValueError, EOFError, OSError... for a bad .npy
         raise SampleError(f"{name} is not a valid .npy array ({type(e).__name__})") from None
-    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
+    fits = (isinstance(array, np.ndarray) and array.dtype == dtype and array.ndim == len(shape)
+            and all(want is None or got == want for got, want in zip(array.shape, shape)))
+    if not fits:
         got = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
-        raise SampleError(f"{name} is {got}, the manifest says {np.dtype(dtype)} {shape}")
+        want = "(" + ", ".join("L" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise SampleError(f"{name} is {got}, the manifest says {np.dtype(dtype)} {want}")
     if finite and not np.isfinite(array).all():
         raise SampleError(f"{name} holds NaN or infinite values")
     return array

@@ -119,9 +119,10 @@ def _embedded_samples(scan: _ShardScan, manifest: Manifest, cache: EmbeddingCach
         found = cache.get_many(captions, tokens)
         text = np.stack([found[c].pooled for c in captions])
         toks = mask = None
-        if tokens:
-            toks = np.zeros((len(captions), cache.max_length, cache.dim), dtype=np.float16)
-            mask = np.zeros((len(captions), cache.max_length), dtype=np.uint8)
+        if tokens:  # padded to this sample's longest caption, not max_length: MSR-VTT's are ~10-25 tokens of 77
+            length = max(len(found[c].tokens) for c in captions)
+            toks = np.zeros((len(captions), length, cache.dim), dtype=np.float16)
+            mask = np.zeros((len(captions), length), dtype=np.uint8)
             for i, c in enumerate(captions):
                 n = len(found[c].tokens)
                 toks[i, :n] = found[c].tokens

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -53,9 +54,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch = {"video": torch.stack([s["video"] for s in samples]), "text": torch.stack([s["text"] for s in samples]),
              "caption": [s["caption"] for s in samples], "meta": [s["meta"] for s in samples]}
     if "tokens" in samples[0]:
-        mask = torch.stack([s["mask"] for s in samples])
-        length = int(mask.any(0).nonzero().max()) + 1  # drop the padding columns no caption in the batch uses
-        batch["tokens"], batch["mask"] = torch.stack([s["tokens"] for s in samples])[:, :length], mask[:, :length]
+        # each sample's tokens are padded to its own longest caption: pad to the batch's, then drop the columns no
+        # chosen caption uses
+        width = max(len(s["mask"]) for s in samples)
+        mask = torch.stack([F.pad(s["mask"], (0, width - len(s["mask"]))) for s in samples])
+        tokens = torch.stack([F.pad(s["tokens"], (0, 0, 0, width - len(s["tokens"]))) for s in samples])
+        length = int(mask.any(0).nonzero().max()) + 1
+        batch["tokens"], batch["mask"] = tokens[:, :length], mask[:, :length]
     return batch
 
 
