@@ -100,6 +100,17 @@ def test_msrvtt_release_through_every_stage(tmp_path, capsys, i3d_file, tiny_cli
     assert ids == {"train": {"video0", "video1"}, "val": {"video2", "video3"}, "test": {"video7000", "video7001"}}
     assert all(x.meta["fps"] == 4 for x in iter_samples(m, "train"))
 
+    # offline without the I3D file: one warning line naming the key, and the other metrics still print
+    import evaluate
+
+    missing = tmp_path / "nowhere" / "i3d_torchscript.pt"
+    config = str(ROOT / "configs" / "msrvtt.yaml")
+    assert evaluate.main(["--config", config, "--quiet", *overrides, f"evaluate.fvd_weights={missing}"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"warning: no FVD: FVD: I3D weights not found at {missing} (evaluate.fvd_weights); download "
+                   f"https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1 to that path\n")
+    assert "FVD                   n/a" in out and "CLIP score" in out and "val loss" in out
+
 
 def test_a_folder_of_your_own_clips_through_every_stage(tmp_path, capsys, i3d_file, tiny_clip):
     torch.set_num_threads(1)
