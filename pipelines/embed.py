@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="experiment YAML, e.g. configs/quickstart.yaml")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. embed.tokens=true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace shards in embed.out_dir that were embedded with other encoder settings")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after the flags
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def stage() -> str:
         cfg = embed_config_from_experiment(load_yaml(args.config, args.overrides))
-        return run_embed(cfg, progress=not args.quiet).format()
+        return run_embed(cfg, progress=not args.quiet, overwrite=args.overwrite).format()
 
     return run(stage, interrupted="finished shards are kept; run the same command again to resume")
 

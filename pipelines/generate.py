@@ -24,6 +24,7 @@ from t2v_model.errors import ConfigError, T2VError
 from t2v_model.pipeline import TextToVideo, check_sampling, resolve_device
 from t2v_model.video_io import output_extension, save_grid, save_video
 
+MAX_SIDE = 8192  # pixels, of a written frame after --scale
 OUT_HELP = (".mp4 / .gif / .png (any case), or no extension for all three. An existing directory or a path ending in / "
             "gets files named after the prompt inside it, in all three formats. Several prompts -> numbered files "
             "(NAME-0, NAME-1, ...; in a directory 0-PROMPT, 1-PROMPT, ...) and an animated grid of them in the same "
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps > pipe.diffusion.num_timesteps:
             raise ConfigError(f"--steps: at most {pipe.diffusion.num_timesteps} for this checkpoint (its diffusion "
                               f"timesteps), got {args.steps}")
+        side = max(pipe.card.data.height, pipe.card.data.width) * args.scale
+        if side > MAX_SIDE:  # checked before sampling: the writers would fail for memory after it
+            raise ConfigError(f"--scale: {args.scale} makes {side}-pixel frames of this checkpoint's "
+                              f"{pipe.card.data.height}x{pipe.card.data.width} videos; at most {MAX_SIDE}")
         start = time.perf_counter()
         videos = pipe.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                                sampler=args.sampler, eta=args.eta, progress=not args.quiet)

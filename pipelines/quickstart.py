@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rc = stage()
         print(f"--- {name}: {time.perf_counter() - start:.0f} s", flush=True)
-        if rc == 130:
+        if rc in (130, 143):
             print(f"quickstart stopped: interrupted in the {name} stage; the same command resumes", file=sys.stderr)
             return rc
         if rc != 0:

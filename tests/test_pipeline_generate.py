@@ -66,6 +66,7 @@ def _one_line_error(capsys, starts: str, kind: str = "error") -> str:
     (["--scale", "-2"], "--scale"),
     (["--steps", "0"], "--steps: must be >= 1"),
     (["--steps", "51"], "--steps: at most 50"),  # the fixture's diffusion timesteps
+    (["--scale", "100000"], "--scale: 100000 makes"),  # would fail for memory when writing, after the sampling
     (["--seed", "-1"], "--seed"),
     (["--prompt", " "], "--prompt: must not be empty"),
 ])

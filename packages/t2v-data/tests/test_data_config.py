@@ -70,3 +70,10 @@ def test_negative_limits_and_single_names_are_refused():
         prepare_config({"msrvtt": {"limit": -3}})
     with pytest.raises(ConfigError, match=r"^data\.digits\.color: unknown value 'pink'"):
         prepare_config({"source": "digits", "digits": {"color": "pink"}})
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(invalid continuation byte at byte 9\)"):
+        load_yaml(p)

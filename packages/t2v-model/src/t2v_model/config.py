@@ -10,6 +10,12 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
+# Upper bounds on every size a card (or a config) can ask for: a checkpoint's config.json is read before anything is
+# allocated, so a hostile or mistyped one is refused in one line instead of exhausting memory or looping for hours.
+MAX_PARAMETERS = 4_000_000_000  # the U-Net's, estimated from the config (0.7-1.2 of the true count): 16 GB fp32
+MAX_TIMESTEPS = 100_000
+MAX_VOXELS = 1 << 27  # frames x height x width of one video: 134 M, e.g. 512 frames of 512x512
+
 
 @dataclass
 class UnetConfig:
@@ -46,6 +52,27 @@ class UnetConfig:
                 raise ConfigError(
                     f"resnet_groups: {self.resnet_groups} must divide every level width (dim*mult = {self.dim * m})"
                 )
+        for name, bound in (("channels", 64), ("attn_heads", 256), ("attn_dim_head", 1024), ("init_kernel_size", 31),
+                            ("rel_pos_max_distance", 4096), ("cond_dim", 16384)):
+            if getattr(self, name) > bound:
+                raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
+        if len(self.dim_mults) > 8:
+            raise ConfigError(f"dim_mults: at most 8 levels, got {len(self.dim_mults)}")
+        if self.estimated_parameters() > MAX_PARAMETERS:
+            raise ConfigError(f"dim: a U-Net of dim {self.dim} with dim_mults {list(self.dim_mults)} would have "
+                              f"~{self.estimated_parameters() / 1e9:,.1f} G parameters "
+                              f"(at most {MAX_PARAMETERS / 1e9:g} G)")
+
+    def estimated_parameters(self) -> int:
+        """The U-Net's parameter count from its widths, without building it (3x3 convolutions dominate)."""
+        widths = [self.dim * m for m in self.dim_mults]
+        inner = self.attn_heads * self.attn_dim_head
+        total, prev = 0, self.dim
+        for w in widths:  # down: 2 ResnetBlocks (2 convs each, FiLM) and attention; up mirrors it at twice the input
+            convs = 9 * (prev * w + w * w) + 9 * 2 * w * w + 9 * (3 * w * w + w * w)
+            total += convs + 8 * w * inner + 6 * w * (self.cond_dim + self.dim * 4)
+            prev = w
+        return int(total + 36 * widths[-1] ** 2)  # the middle: two ResnetBlocks at the widest level
 
     @property
     def spatial_multiple(self) -> int:
@@ -63,6 +90,8 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         _positive(self, "timesteps")
+        if self.timesteps > MAX_TIMESTEPS:
+            raise ConfigError(f"timesteps: at most {MAX_TIMESTEPS}, got {self.timesteps}")
         if self.schedule == "linear" and self.timesteps <= 20:
             raise ConfigError(f"timesteps: the linear schedule needs more than 20 (its last beta is 20/timesteps, "
                               f"which must stay below 1), got {self.timesteps}; use schedule: cosine")
@@ -80,6 +109,12 @@ class TextEncoderInfo:
     weights_hash: str = ""
     tokens: bool = False
 
+    def validate(self) -> None:
+        _positive(self, "dim", "max_length")
+        for name, bound in (("dim", 16384), ("max_length", 4096)):
+            if getattr(self, name) > bound:
+                raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
+
 
 @dataclass
 class DataGeometry:
@@ -91,6 +126,9 @@ class DataGeometry:
 
     def validate(self) -> None:
         _positive(self, "frames", "height", "width", "channels")
+        if self.frames * self.height * self.width > MAX_VOXELS or self.channels > 64:
+            raise ConfigError(f"frames x height x width: at most {MAX_VOXELS} (and channels at most 64), got "
+                              f"{self.frames} x {self.height} x {self.width} x {self.channels}")
         if not (isinstance(self.fps, (int, float)) and not isinstance(self.fps, bool) and 0 < self.fps <= 1000):
             raise ConfigError(f"fps: must be a number in (0, 1000], got {self.fps!r}")
 

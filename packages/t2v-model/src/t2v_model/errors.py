@@ -8,15 +8,18 @@ from __future__ import annotations
 
 
 class T2VError(Exception):
-    """Base class: a one-line message for the user; `exit_code` is what a pipeline exits with."""
+    """Base class: a one-line message for the user; `exit_code` is what a pipeline exits with, `label` what its line
+    starts with."""
 
     exit_code = 1
+    label = "error"
 
 
 class ConfigError(T2VError, ValueError):
     """A bad config file, key or value, or a bad argument or command-line flag; the message names it."""
 
     exit_code = 2
+    label = "config error"
 
 
 class DataError(T2VError):
@@ -33,3 +36,18 @@ class TextEncoderError(T2VError):
 
 class TrainingError(T2VError):
     """Training cannot start or go on (a non-finite loss, an incompatible checkpoint); says what is kept."""
+
+
+class Stopped(T2VError):
+    """A run stopped on request after saving its state (SIGTERM or SIGUSR1: a scheduler's preemption); the same
+    command resumes. Exits 143, as a process ended by SIGTERM does."""
+
+    exit_code = 143
+    label = "stopped"
+
+
+class Interrupted(Stopped):
+    """Stopped by Ctrl-C after saving its state."""
+
+    exit_code = 130
+    label = "interrupted"

@@ -40,14 +40,16 @@ class AtomicFile:
             self.file.close()
             keep_umask_mode(self.tmp)
             os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as e:
             self.discard()
-            raise
+            raise named(e, self.path)
         return self.path
 
     def discard(self) -> None:
         try:
             self.file.close()
+        except OSError:  # flushing what is thrown away failed (a full disk): the error that led here is the one
+            pass
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -59,6 +61,15 @@ class AtomicFile:
             self.commit()
         else:
             self.discard()
+            named(exc, self.path)
+
+
+def named(e: BaseException, path: str | Path) -> BaseException:
+    """`e`, with `path` as its file name when it is an OSError without one (a write to a full disk says only "No
+    space left on device"), so that its one-line report names the file."""
+    if isinstance(e, OSError) and not e.filename:
+        e.filename = str(path)
+    return e
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -102,6 +113,19 @@ def load_json(path: str | Path, error: type[T2VError], missing: str) -> Any:
         return read_json(path)
     except ValueError as e:
         raise error(f"{path}: not valid JSON ({e})") from None
+
+
+def remove_temp(directory: str | Path) -> list[str]:
+    """Remove what an interrupted write left in `directory`: hidden files and folders named *.tmp (this module's and
+    the checkpoint writers'). Only for a directory no other process is writing to. Returns the names removed."""
+    removed = []
+    for p in sorted(Path(directory).glob(f".*{TEMP_SUFFIX}")):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
 
 
 def keep_umask_mode(path: str | Path, directory: bool = False) -> None:

@@ -58,7 +58,8 @@ class EmbeddingCache:
             raise CacheError(f"{self.path}: unusable embedding cache ({e}); delete it or set embed.cache_dir") from None
 
     def get_many(self, texts: Iterable[str], tokens: bool) -> dict[str, CachedEmbedding]:
-        """The cached entries among `texts` (with tokens when `tokens`; rows lacking them are left out)."""
+        """The cached entries among `texts` (with tokens when `tokens`; rows lacking them are left out). A row whose
+        blobs do not fit this encoder (a damaged or foreign cache) is left out too: a miss, encoded again."""
         texts = list(dict.fromkeys(texts))
         found: dict[str, CachedEmbedding] = {}
         cols = "text, pooled, tokens, length" if tokens else "text, pooled, NULL, NULL"
@@ -72,9 +73,17 @@ class EmbeddingCache:
             for text, pooled, tok, length in rows:
                 if tokens and tok is None:
                     continue
+                if not isinstance(pooled, bytes) or len(pooled) != 2 * self.dim:
+                    continue
                 entry = CachedEmbedding(np.frombuffer(pooled, dtype=np.float16))
                 if tok is not None:
+                    if (not isinstance(tok, bytes) or not isinstance(length, int)
+                            or not 1 <= length <= self.max_length or len(tok) != 2 * length * self.dim):
+                        continue
                     entry.tokens = np.frombuffer(tok, dtype=np.float16).reshape(length, self.dim)
+                if not np.isfinite(entry.pooled).all() or (entry.tokens is not None
+                                                          and not np.isfinite(entry.tokens).all()):
+                    continue
                 found[text] = entry
         return found
 
@@ -89,8 +98,12 @@ class EmbeddingCache:
             tok = None if e.tokens is None else e.tokens.astype(np.float16).tobytes()
             length = None if e.tokens is None else len(e.tokens)
             rows.append((self.encoder_key, self.max_length, text, e.pooled.astype(np.float16).tobytes(), tok, length))
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+        try:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as e:  # "database or disk is full", a read-only file...
+            raise CacheError(f"{self.path or 'the in-memory cache'}: cannot write the embedding cache ({e}); free "
+                             f"space there or set embed.cache_dir") from None
 
     def close(self) -> None:
         self.db.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t2v_data.experiment import Paths
+from t2v_model.config import TextEncoderInfo
 from t2v_model.errors import ConfigError
 from t2v_model.schema import build
 
@@ -17,7 +18,8 @@ class EmbedConfig:
     out_dir: str | None = None  # pre-embedded shards; None = data/<name>/embedded
     encoder: str | None = None  # None = the packaged all-MiniLM-L6-v2; a hub name (e.g. bert-base-cased) or a dir
     tokens: bool = False  # also store per-token embeddings + mask (for cross-attention)
-    max_length: int = 77  # tokens per caption including [CLS]/[SEP]; longer captions are cut (and counted)
+    # tokens per caption including [CLS]/[SEP]; longer captions are cut (and counted)
+    max_length: int = TextEncoderInfo.max_length
     batch_size: int = 64
     cache_dir: str | None = "cache/text"  # persistent caption-embedding cache; None = in memory for this run only
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (cuda when there is one)

@@ -9,6 +9,7 @@ encoder settings and input is skipped, so an interrupted run resumes where it st
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from t2v_data.shards import (
     MANIFEST,
     REJECTS,
+    SHARD_RE,
     Manifest,
     SampleError,
     ShardEntry,
@@ -152,8 +154,10 @@ def _encode_missing(encoder: TextEncoder, cache: EmbeddingCache, texts: list[str
     return time.perf_counter() - start
 
 
-def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bool = True) -> EmbedSummary:
-    """Run the embed stage for `cfg` (in_dir/out_dir must be resolved, see embed_config_from_experiment)."""
+def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bool = True,
+              overwrite: bool = False) -> EmbedSummary:
+    """Run the embed stage for `cfg` (in_dir/out_dir must be resolved, see embed_config_from_experiment). An
+    out_dir holding shards embedded with other encoder settings is refused, unless `overwrite` (then they go)."""
     t0 = time.perf_counter()
     if cfg.in_dir is None or cfg.out_dir is None:
         raise DataError("embed: in_dir and out_dir must be set (use embed_config_from_experiment)")
@@ -205,6 +209,13 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
         if encoder.info(tokens=cfg.tokens) != info:  # the description disagreed with the model: the model decides
             info = encoder.info(tokens=cfg.tokens)
             parts, pending = partition()
+    other = _other_settings(out_dir, info)
+    if other and not overwrite:
+        raise DataError(f"{out_dir}: holds shards embedded with {_describe(other)}, not {_describe(info)}; use "
+                        f"another embed.out_dir, or --overwrite to replace them")
+    if other:
+        _clear(out_dir)
+        parts, pending = partition()
     summary = EmbedSummary(out_dir=str(out_dir), encoder=info)
     summary.shards_skipped = len(parts)
 
@@ -242,6 +253,35 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     summary.splits = {name: split.count for name, split in out.splits.items()}
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _other_settings(out_dir: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The encoder settings of embedded shards already in out_dir, when they are not `info`'s."""
+    records = [out_dir / MANIFEST, *sorted((out_dir / PARTS).glob("*.json"))]
+    for path in records:
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        te = data.get("text_encoder") or (data.get("settings") or {}).get("text_encoder")
+        if isinstance(te, dict) and te != info:
+            return te
+    return None
+
+
+def _describe(te: dict[str, Any]) -> str:
+    return (f"{te.get('id')} ({te.get('dim')}-d, weights {str(te.get('weights_hash'))[:12]}, max_length "
+            f"{te.get('max_length')}, tokens {te.get('tokens')})")
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove this stage's files from out_dir (shards, manifest, rejects, records), and nothing else."""
+    for p in out_dir.iterdir():
+        if SHARD_RE.match(p.name) or p.name in (MANIFEST, REJECTS):
+            p.unlink()
+    shutil.rmtree(out_dir / PARTS, ignore_errors=True)
 
 
 def _write_index(out_dir: Path, in_dir: Path, manifest: Manifest, refs: list[ShardRef],

@@ -14,6 +14,7 @@ A fresh run (train.resume=never) first moves the previous run's outputs into `<o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -32,7 +33,7 @@ from safetensors.torch import load_file
 
 from t2v_model.checkpoint import save_safetensors
 from t2v_model.errors import T2VError
-from t2v_model.files import fsync_dir, replace_dir
+from t2v_model.files import fsync_dir, named, replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE = "state.json"
@@ -171,15 +172,20 @@ def save_rank_state(tmp: Path, rank: int, generator: torch.Generator) -> None:
 
 def finish_save(tmp: Path, root: Path, step: int, *, model, ema, optimizer, scaler, state: dict[str, Any],
                 keep: int) -> Path:
-    """Rank 0: write the shared files, state.json last, then rename the directory into place and prune."""
+    """Rank 0: write the shared files, state.json last, then rename the directory into place and prune. A failed
+    write (a full disk) is an OSError naming the file; the older checkpoints are untouched, and the half-written
+    one is removed at the next start."""
     for name, module in (("model.safetensors", model), ("ema.safetensors", ema)):
         save_safetensors(tensors_of(module), tmp / name)
     _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
     _torch_save(scaler.state_dict() if scaler is not None else {}, tmp / "scaler.pt")
-    with open(tmp / STATE, "w") as f:
-        json.dump({"step": step, **state}, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp / STATE, "w") as f:
+            json.dump({"step": step, **state}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise named(e, tmp / STATE)
     final = step_dir(root, step)
     replace_dir(tmp, final)  # re-saving a step (the final save right after a periodic one): the old copy stays whole
     prune(root, keep)
@@ -238,7 +244,12 @@ def _unreadable(e: Exception, kind: str) -> str:
 
 
 def _torch_save(obj: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise named(e, path)
+    except RuntimeError as e:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        raise OSError(errno.EIO, f"cannot write ({str(e).splitlines()[0]})", str(path)) from None

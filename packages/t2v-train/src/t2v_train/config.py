@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from t2v_data.experiment import Paths, load_yaml, name_of, seed_of
-from t2v_model.config import DiffusionConfig, UnetConfig
+from t2v_model.config import DiffusionConfig, TextEncoderInfo, UnetConfig
 from t2v_model.errors import ConfigError
 from t2v_model.schema import build
 from t2v_model.text_encoder import PACKAGED_ID
@@ -152,6 +152,7 @@ class Experiment:
     train: TrainConfig
     evaluate: EvalConfig
     encoder_id: str  # the text encoder the embed section names; shards must have been embedded with it
+    encoder_max_length: int  # and the caption length it cuts at (embed.max_length)
     data_dir: Path
     out_dir: Path
     raw: dict[str, Any]  # the whole YAML (other stages' sections unparsed)
@@ -165,6 +166,8 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     model = build(ModelSection, raw.get("model"), "model")  # names model.unet.<key> / model.diffusion.<key>
     train = build(TrainConfig, raw.get("train"), "train")
     evaluate = build(EvalConfig, raw.get("evaluate"), "evaluate")
-    encoder_id = (raw.get("embed") or {}).get("encoder") or PACKAGED_ID
+    embed = raw.get("embed") or {}
+    encoder_id = embed.get("encoder") or PACKAGED_ID
+    max_length = embed.get("max_length", TextEncoderInfo.max_length)
     paths = Paths(raw)
-    return Experiment(name, seed, model, train, evaluate, encoder_id, paths.train_data, paths.run, raw)
+    return Experiment(name, seed, model, train, evaluate, encoder_id, max_length, paths.train_data, paths.run, raw)

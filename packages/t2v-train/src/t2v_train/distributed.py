@@ -73,7 +73,8 @@ def shutdown(d: Dist) -> None:
 def lost_peer(e: RuntimeError) -> bool:
     """Under torchrun: a collective failed because another rank exited (gloo raises a plain RuntimeError)."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return distributed and (isinstance(e, dist.DistError) or "Connection closed by peer" in str(e))
+    lost = ("Connection closed by peer", "Connection reset by peer")
+    return distributed and (isinstance(e, dist.DistError) or any(text in str(e) for text in lost))
 
 
 def peer_failed() -> TrainingError:

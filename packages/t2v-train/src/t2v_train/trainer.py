@@ -10,6 +10,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from t2v_data.shards import MANIFEST, Manifest
-from t2v_model.checkpoint import save_pretrained
+from t2v_model.checkpoint import exported_step, save_pretrained
 from t2v_model.config import ModelCard
 from t2v_model.diffusion import GaussianDiffusion
-from t2v_model.errors import DataError, TrainingError
+from t2v_model.errors import DataError, Interrupted, Stopped, TrainingError
+from t2v_model.files import remove_temp
 from t2v_model.pipeline import TextToVideo
 from t2v_model.schema import to_dict
 from t2v_model.unet import Unet3D
@@ -80,6 +83,33 @@ def seed_everything(seed: int, rank: int, device: torch.device) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank)
 
 
+class StopRequest:
+    """SIGTERM and SIGUSR1 (a scheduler's preemption notice) and a first Ctrl-C ask the trainer to stop after the
+    current step, once it has saved a checkpoint there; another Ctrl-C stops at once (KeyboardInterrupt). Active
+    inside `with`, in the main thread only (elsewhere signals cannot be handled)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signum:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+
 def train(exp: Experiment, progress: bool = True) -> dict[str, Any]:
     d, device = init_distributed(exp.train.device)
     try:
@@ -101,7 +131,7 @@ class Trainer:
                             f"pipelines/prepare.py, then pipelines/embed.py, with this config")
         self.manifest = Manifest.read(exp.data_dir)
         unet = exp.model.unet
-        mismatch = self.manifest.encoder_mismatch(exp.encoder_id, unet.cond_dim)  # names its manifest.json
+        mismatch = self.manifest.encoder_mismatch(exp.encoder_id, unet.cond_dim, exp.encoder_max_length)
         if mismatch:
             raise DataError(mismatch)
         self.encoder = self.manifest.text_encoder
@@ -148,6 +178,19 @@ class Trainer:
         self.space = attribute_space(exp.raw)
         self.card = ModelCard(unet=unet, diffusion=exp.model.diffusion, text_encoder=self.encoder, data=self.geometry)
         self.pipe = TextToVideo(self.ema.model, self.card, device=device)  # samples the previews, as generate does
+        if d.is_main:
+            self.tidy()
+        d.barrier()
+
+    def tidy(self) -> None:
+        """Rank 0, at the start: remove what a killed run left half-written, and export the newest checkpoint when
+        model/ is missing or older (a kill right after a checkpoint, before or during its export)."""
+        left = [name for folder in (self.out, self.ckpt_root) if folder.is_dir() for name in remove_temp(folder)]
+        if left:
+            print(f"removed what an interrupted run left: {', '.join(left)}")
+        if self.step and exported_step(self.out / "model") != self.step:
+            self.export()
+            print(f"exported {self.out / 'model'} from {self.last_checkpoint} (it was missing or older)")
 
     # resume -------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -206,6 +249,9 @@ class Trainer:
         rng_file = path / f"rng-rank{self.d.rank}.pt"
         if rng_file.is_file():
             ckpt.load_torch_into(rng_file, lambda s: ckpt.set_rng_state(s, self.generator))
+        else:
+            print(f"warning: {rng_file}: missing; resuming with fresh random state, so the run will not repeat the "
+                  f"uninterrupted one exactly")
         return state
 
     def save(self) -> None:
@@ -222,12 +268,14 @@ class Trainer:
         d.barrier()
 
     def export(self) -> Path:
-        return save_pretrained(self.out / "model", self.ema.model, self.card)
+        return save_pretrained(self.out / "model", self.ema.model, self.card, step=self.step)
 
     # loop ---------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to `train.steps`; the summary's loss is None when the checkpoint resumed from was already there."""
+        """Train to `train.steps`; the summary's loss is None when the checkpoint resumed from was already there.
+        SIGTERM, SIGUSR1 or a first Ctrl-C stop it after the current step, with a checkpoint there (Stopped)."""
         cfg, d = self.cfg, self.d
+        start = time.perf_counter()
         if self.step >= cfg.steps:
             self.log.close()
             return {"step": self.step, "loss": None, "checkpoint": str(self.last_checkpoint),
@@ -236,50 +284,83 @@ class Trainer:
                               rank=d.rank, world_size=d.world_size, num_workers=cfg.num_workers,
                               shuffle_buffer=cfg.shuffle_buffer, hflip=cfg.hflip,
                               batches_done=self.step * cfg.grad_accum, pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
         bar = None
         if d.is_main and self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.exp.name}", unit="step")
-        samples_per_step = cfg.batch_size * cfg.grad_accum * d.world_size
-        start, start_step, loss_sum, loss_count = time.perf_counter(), self.step, 0.0, 0
-        last_loss = float("nan")
+        stop = StopRequest()
         try:  # the bar and the log are closed also on Ctrl-C or an error, before the CLI prints its line
-            while self.step < cfg.steps:
-                loss = self.train_step(batches)
-                self.step += 1
-                if not math.isfinite(loss):
-                    kept = self.last_checkpoint or "none yet"
-                    raise TrainingError(f"step {self.step}: loss is {loss}; stopped (last good checkpoint: {kept})")
-                self.ema.update(self.model, self.step)
-                last_loss, loss_sum, loss_count = loss, loss_sum + loss, loss_count + 1
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    elapsed = time.perf_counter() - start
-                    rate = (self.step - start_step) / max(elapsed, 1e-9)
-                    self.log.write({"step": self.step, "loss": loss, "loss_avg": loss_sum / loss_count,
-                                    "lr": lr_at(self.step - 1, cfg), "steps_per_s": rate,
-                                    "samples_per_s": rate * samples_per_step, "time": elapsed})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", samples_s=f"{rate * samples_per_step:.1f}")
-                    loss_sum, loss_count = 0.0, 0
-                if bar is not None:
-                    bar.update(1)
-                final = self.step == cfg.steps
-                if self.step % cfg.checkpoint_every == 0 or final:
-                    self.save()
-                if d.is_main and self.has_val and cfg.val_every and (self.step % cfg.val_every == 0 or final):
-                    self.log.write({"step": self.step, "val_loss": self.validate()})
-                if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
-                    scores = self.sample()
-                    if scores:  # no attributes to score (e.g. MSR-VTT): the grid alone
-                        self.log.write({"step": self.step, **scores})
+            with stop:
+                last_loss = self.loop(iter(loader), stop, bar, start)
         finally:
             if bar is not None:
                 bar.close()
             self.log.close()
+        if self.step < cfg.steps:  # a stop was asked for
+            self.stop(self.stop_signal(stop))
         return {"step": self.step, "loss": last_loss, "checkpoint": str(self.last_checkpoint),
                 "model": str(self.out / "model"), "seconds": time.perf_counter() - start}
+
+    def loop(self, batches, stop: StopRequest, bar, start: float) -> float:
+        """The steps up to train.steps, or up to the step at which a stop was asked for; returns the last loss."""
+        cfg, d = self.cfg, self.d
+        samples_per_step = cfg.batch_size * cfg.grad_accum * d.world_size
+        start_step, loss_sum, loss_count, last_loss = self.step, 0.0, 0, float("nan")
+        while self.step < cfg.steps:
+            try:
+                loss = self.train_step(batches)
+            except Exception:
+                if stop.signum:  # e.g. a DataLoader worker ended by the same SIGTERM: stop at the last full step
+                    return last_loss
+                raise
+            self.step += 1
+            if not math.isfinite(loss):
+                kept = self.last_checkpoint or "none yet"
+                raise TrainingError(f"step {self.step}: loss is {loss}; stopped (last good checkpoint: {kept})")
+            self.ema.update(self.model, self.step)
+            last_loss, loss_sum, loss_count = loss, loss_sum + loss, loss_count + 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - start
+                rate = (self.step - start_step) / max(elapsed, 1e-9)
+                self.log.write({"step": self.step, "loss": loss, "loss_avg": loss_sum / loss_count,
+                                "lr": lr_at(self.step - 1, cfg), "steps_per_s": rate,
+                                "samples_per_s": rate * samples_per_step, "time": elapsed})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", samples_s=f"{rate * samples_per_step:.1f}")
+                loss_sum, loss_count = 0.0, 0
+            if bar is not None:
+                bar.update(1)
+            final = self.step == cfg.steps
+            if self.step % cfg.checkpoint_every == 0 or final:
+                self.save()
+            if d.is_main and self.has_val and cfg.val_every and (self.step % cfg.val_every == 0 or final):
+                self.log.write({"step": self.step, "val_loss": self.validate()})
+            if d.is_main and ((cfg.sample_every and self.step % cfg.sample_every == 0) or final):
+                scores = self.sample()
+                if scores:  # no attributes to score (e.g. MSR-VTT): the grid alone
+                    self.log.write({"step": self.step, **scores})
+            if not final and self.stop_signal(stop):
+                break
+        return last_loss
+
+    def stop_signal(self, stop: StopRequest) -> int:
+        """The signal that asked to stop (0: none), agreed by every rank, so that all stop at the same step."""
+        if not self.d.enabled:
+            return stop.signum
+        flag = torch.tensor([stop.signum], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def stop(self, signum: int) -> None:
+        """Checkpoint the current step (unless it just was), then end the run with one line."""
+        if self.step and (self.last_checkpoint is None or self.last_checkpoint != ckpt.step_dir(self.ckpt_root,
+                                                                                              self.step)):
+            self.save()
+        name = signal.Signals(signum).name
+        saved = f"checkpoint {self.last_checkpoint} written" if self.step else "no step was done, nothing to save"
+        error = Interrupted if signum == signal.SIGINT else Stopped
+        raise error(f"{name} at step {self.step}: {saved}; run the same command again to resume")
 
     def train_step(self, batches) -> float:
         cfg, dev = self.cfg, self.device
