@@ -1,6 +1,7 @@
 """Each package declares exactly what its code imports: an undeclared import works here only because the workspace
 installs everything together (and breaks `pip install t2v-model` alone); a declared package nothing imports is
-weight for every user. Imports guarded by `except ImportError` are optional and must be named in an extra."""
+weight for every user. Imports guarded by `except ImportError`, or of a package an option turns on, may be named in an
+extra instead."""
 
 from __future__ import annotations
 
@@ -61,12 +62,13 @@ def imports(files: list[Path]) -> tuple[set[str], set[str]]:
     return required, optional - required
 
 
-def distributions(modules: set[str], own: set[str]) -> dict[str, str]:
-    """{module: distribution} for the third-party and workspace modules among `modules`."""
+def distributions(modules: set[str], own: set[str], extras: set[str] = frozenset()) -> dict[str, str]:
+    """{module: distribution} for the third-party and workspace modules among `modules` (an extra that is not
+    installed, like wandb, is known by its name)."""
     known = importlib.metadata.packages_distributions()
     out = {}
     for module in modules - own - set(sys.stdlib_module_names) - {"__future__"}:
-        if module.startswith("t2v_"):
+        if module.startswith("t2v_") or (module not in known and normalise(module) in extras):
             out[module] = normalise(module)  # workspace packages are installed editable: no RECORD of their modules
         else:
             assert module in known, f"{module}: imported but installed by no distribution"
@@ -77,12 +79,13 @@ def distributions(modules: set[str], own: set[str]) -> dict[str, str]:
 def check(name: str, pyproject: Path, files: list[Path], own: set[str]) -> None:
     deps, extras = declared(pyproject)
     required, optional = imports(files)
-    needed = distributions(required, own)
-    undeclared = sorted(f"{m} ({d})" for m, d in needed.items() if d not in deps)
+    needed = distributions(required, own, extras)
+    # an import a config option turns on (a tracker) may come from an extra
+    undeclared = sorted(f"{m} ({d})" for m, d in needed.items() if d not in deps | extras)
     assert not undeclared, f"{name}: imports undeclared in {pyproject}: {', '.join(undeclared)}"
     unused = sorted(deps - set(needed.values()))
     assert not unused, f"{name}: declared in {pyproject} but never imported: {', '.join(unused)}"
-    unlisted = sorted(f"{m} ({d})" for m, d in distributions(optional, own).items() if d not in deps | extras)
+    unlisted = sorted(f"{m} ({d})" for m, d in distributions(optional, own, extras).items() if d not in deps | extras)
     assert not unlisted, f"{name}: optional imports in no extra of {pyproject}: {', '.join(unlisted)}"
 
 

@@ -1,11 +1,14 @@
-"""DDP with two CPU processes (gloo, launched by torchrun) ends with identical parameters on both ranks."""
+"""DDP with two CPU processes (gloo, launched by torchrun) ends with identical parameters on both ranks; two nodes
+meet through a c10d rendezvous; another world size resumes."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -78,3 +81,34 @@ def test_ranks_read_disjoint_samples(shards):
         keys.append([s["key"] for s, _ in zip(stream.samples(rank, 2), range(24))])
     assert len(set(keys[0])) == 24 and len(set(keys[1])) == 24  # one epoch each: every sample once
     assert not set(keys[0]) & set(keys[1])
+
+
+def test_two_nodes_by_c10d_rendezvous_then_a_resume_on_one_process(shards, tiny_raw, tmp_path):
+    # two "nodes" on localhost, each a torchrun agent with one process, meeting through a c10d rendezvous, as on a
+    # cluster (docs/training.md); then the run goes on in a single process: another world size resumes, with a warning
+    out = tmp_path / "run"
+    config = tmp_path / "exp.yaml"
+    config.write_text(json.dumps(tiny_raw(shards, out, steps=4, checkpoint_every=2)))
+    root = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend",
+           "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "t2v-test", "--max-restarts", "0",
+           str(root / "pipelines" / "train.py"), "--config", str(config), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    try:
+        results = [node.communicate(timeout=240) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [n.returncode for n in nodes] == [0, 0], [r[1][-2000:] for r in results]
+    assert sum("trained to step 4" in r[0] for r in results) == 1  # rank 0 reports, on whichever node it is
+    ckpt = out / "checkpoints" / "step-000004"
+    assert json.loads((ckpt / "state.json").read_text())["world_size"] == 2
+    assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    resumed = subprocess.run([sys.executable, str(root / "pipelines" / "train.py"), "--config", str(config), "--quiet",
+                              "train.steps=6"], capture_output=True, text=True, timeout=240, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "batch/worker/world settings changed; the data order will differ" in resumed.stdout
+    assert "trained to step 6" in resumed.stdout

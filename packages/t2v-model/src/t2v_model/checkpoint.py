@@ -37,7 +37,7 @@ def save_pretrained(directory: str | Path, model: Unet3D, card: ModelCard, step:
     if directory.exists():
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: exists and is not a directory; save the checkpoint elsewhere")
-        others = sorted(p.name for p in directory.iterdir() if p.name not in (WEIGHTS, CONFIG))
+        others = sorted(p.name for p in directory.iterdir() if p.name not in (WEIGHTS, CONFIG, "README.md"))
         if others:
             raise CheckpointError(f"{directory}: holds other files than a checkpoint ({', '.join(others[:3])}); "
                                   f"save to a new or empty directory")

@@ -17,6 +17,7 @@ from .checkpoint import load_pretrained, save_pretrained
 from .config import ModelCard
 from .diffusion import GaussianDiffusion
 from .errors import CheckpointError, ConfigError
+from .hub import checkpoint_dir, push_to_hub
 from .samplers import ddim_sample, ddpm_sample, guided_denoiser
 from .unet import Unet3D
 
@@ -33,15 +34,23 @@ class TextToVideo:
         self._text_encoder = text_encoder
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", text_encoder=None):
-        """Load a checkpoint directory (model.safetensors + config.json). The text encoder named in the config is
-        loaded on first use (or pass one, e.g. to share it between pipelines)."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "auto", text_encoder=None,
+                        revision: str | None = None, cache_dir: str | Path | None = None):
+        """Load a checkpoint (model.safetensors + config.json) from a directory or a Hugging Face Hub repo id (its
+        snapshot in the usual cache, downloaded once). `device` "auto": CUDA, else MPS, else the CPU. The text
+        encoder named in the config is loaded on first use (or pass one, e.g. to share it between pipelines)."""
         device = resolve_device(device)  # before the weights, so a bad device is not blamed on them
-        model, card = load_pretrained(directory, device=device)
+        model, card = load_pretrained(checkpoint_dir(directory, revision, cache_dir), device=device)
         return cls(model, card, device=device, text_encoder=text_encoder)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(directory, self.model, self.card)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload t2v model") -> str:
+        """Upload this checkpoint (and a model card) to the Hub repo `repo_id`, created if needed; the commit URL."""
+        return push_to_hub(self.save_pretrained, self.card, repo_id, private=private, token=token,
+                           commit_message=commit_message)
 
     @property
     def text_encoder(self):
@@ -165,10 +174,12 @@ def check_sampling(*, steps: int, guidance: float, sampler: str, eta: float, see
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = cuda if available, else cpu. Anything else must name a device this machine has: ConfigError
+    """"auto" = cuda if available, else mps, else cpu. Anything else must name a device this machine has: ConfigError
     ("device <name>: ...") for a typo or a missing GPU, instead of an obscure error from the first tensor moved."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

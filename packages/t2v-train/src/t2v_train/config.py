@@ -20,6 +20,8 @@ from t2v_model.errors import ConfigError
 from t2v_model.schema import build
 from t2v_model.text_encoder import PACKAGED_ID
 
+from .metrics import check_loggers
+
 
 def check_device(name: str) -> None:
     """A device name torch can parse ("auto" = the trainer's choice); whether CUDA is there is checked on use."""
@@ -74,12 +76,16 @@ class TrainConfig:
     sample_count: int = 8  # videos in the sample grid (the first val clips' captions)
     sample_steps: int = 25
     sample_guidance: float = 3.0
+    # trackers besides metrics.jsonl: tensorboard (runs/<name>/tensorboard), wandb (project wandb_project or "t2v")
+    loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    wandb_project: str | None = None
     # anneal prior_fraction linearly to this value by the last step (null = constant): the direction of motion is
     # learned from the high-noise samples early, the shapes' detail from the uniform ones later
     prior_fraction_end: float | None = None
 
     def validate(self) -> None:
         check_device(self.device)
+        check_loggers(self.loggers)
         for key in ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every", "keep_checkpoints",
                     "log_every", "val_batches", "sample_count", "sample_steps", "shuffle_buffer"):
             if getattr(self, key) < 1:

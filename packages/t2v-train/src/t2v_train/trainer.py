@@ -29,7 +29,7 @@ from t2v_model.files import remove_temp
 from t2v_model.pipeline import TextToVideo
 from t2v_model.schema import to_dict
 from t2v_model.unet import Unet3D
-from t2v_model.video_io import save_grid
+from t2v_model.video_io import contact_sheet, save_grid
 
 from . import checkpoint as ckpt
 from .adherence import attribute_space, score
@@ -174,7 +174,9 @@ class Trainer:
         if d.enabled:
             net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
         self.net = torch.compile(net) if cfg.compile else net
-        self.log = MetricsLog(self.out, enabled=d.is_main, after_step=self.step)
+        self.log = MetricsLog(self.out, enabled=d.is_main, after_step=self.step, loggers=cfg.loggers,
+                              run_name=exp.name, project=cfg.wandb_project,
+                              config={"model": to_dict(exp.model), "train": to_dict(cfg), "seed": exp.seed})
         self.space = attribute_space(exp.raw)
         self.card = ModelCard(unet=unet, diffusion=exp.model.diffusion, text_encoder=self.encoder, data=self.geometry)
         self.pipe = TextToVideo(self.ema.model, self.card, device=device)  # samples the previews, as generate does
@@ -415,6 +417,7 @@ class Trainer:
                                                     seed=self.exp.seed)
         stem = self.out / "samples" / f"step-{self.step:06d}"
         save_grid(stem.with_suffix(".gif"), videos, fps=self.geometry.fps, scale=4)
+        self.log.videos(self.step, contact_sheet(videos, scale=2), stem.with_suffix(".gif"), self.preview["caption"])
         stem.with_suffix(".txt").write_text("\n".join(self.preview["caption"]) + "\n")
         attrs = [m.get("attributes") or {} for m in self.preview["meta"]]
         if self.space is None or not all(attrs):

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from t2v_model.errors import T2VError
 from t2v_model.files import AtomicFile
+from t2v_model.hub import OFFLINE_VARS, offline
 
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"  # StyleGAN-V's detector_url
 I3D_FILENAME = "i3d_torchscript.pt"
@@ -56,17 +57,11 @@ I3D_SIZE = 224
 FVD_FRAMES = 16
 DOWNLOAD_TIMEOUT_S = 30.0
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-OFFLINE_VARS = ("T2V_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class MetricUnavailable(T2VError):
     """A metric's model is missing and cannot be fetched; the message is one line naming the file or id, where to
     get it and the config key to set. Callers warn and continue with the other metrics."""
-
-
-def offline() -> bool:
-    """Whether downloads are off: T2V_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to 1/true/yes/on."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_VARS)
 
 
 # ------------------------------------------------------------------------------------------------ Frechet distance
