@@ -119,3 +119,22 @@ def test_a_damaged_val_shard_costs_the_val_loss_not_the_evaluation(checkpoint, t
     assert err.startswith("warning: no val loss: ") and "val-000000.tar: unreadable tar shard" in err
     assert result["val_loss"] is None and len(result["videos"]) == 5 and (tmp_path / "run" / "eval").is_dir()
 
+
+
+def test_the_shape_confusion_table_counts_what_each_asked_shape_was_read_as():
+    from t2v_train.adherence import confusion
+
+    rows = [{"want": {"shape": w}, "got": {"shape": g}} for w, g in
+            [("circle", "circle"), ("circle", "square"), ("square", "square"), ("star", None), ("star", "triangle")]]
+    table = confusion(rows, "shape", ["circle", "square", "triangle", "star"])
+    assert table["circle"] == {"circle": 1, "square": 1, "triangle": 0, "star": 0, "None": 0}
+    assert table["star"] == {"circle": 0, "square": 0, "triangle": 1, "star": 0, "None": 1}
+    assert sum(table["triangle"].values()) == 0
+    result = {"kind": "adherence", "checkpoint": "c", "prompts": 5, "sampler": "ddim", "steps": 2, "guidance": 3.0,
+              "seconds": 1.0, "accuracy": {"shape": 0.4}, "targets": {}, "shape_confusion": table, "val_loss": None,
+              "val_clips": 0, "motion_energy": 1.0, "background_std": 0.0}
+    lines = format_table(result).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("shape read as"))
+    assert lines[header].split() == ["shape", "read", "as", "circle", "square", "triangle", "star", "none"]
+    assert lines[header + 1].split() == ["circle", "1", "1", "0", "0", "0"]
+    assert lines[header + 3].split() == ["star", "0", "0", "1", "0", "1"]  # the triangle row, never asked: left out

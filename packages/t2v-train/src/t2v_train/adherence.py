@@ -27,6 +27,16 @@ def score(videos: torch.Tensor, attributes: list[dict[str, Any]], space: dict[st
     return rows, accuracy
 
 
+def confusion(rows: list[dict[str, Any]], key: str, values: list[str]) -> dict[str, dict[str, int]]:
+    """{asked: {read: count}} over the rows whose prompt names `key`; the judge reads None when it finds no object."""
+    table = {v: {w: 0 for w in [*values, None]} for v in values}
+    for r in rows:
+        want, got = r["want"].get(key), r["got"].get(key)
+        if want in table:
+            table[want][got if got in table[want] else None] += 1
+    return {want: {str(got): n for got, n in reads.items()} for want, reads in table.items()}
+
+
 def chance_levels(space: dict[str, list[str]] | None) -> dict[str, float]:
     """Accuracy of answering at random within the attribute space (1 / number of values), per attribute."""
     space = space or {}

@@ -29,7 +29,7 @@ from t2v_model.files import write_bytes_atomic, write_json_atomic
 from t2v_model.pipeline import TextToVideo
 from t2v_model.video_io import contact_sheet, save_grid, save_png
 
-from .adherence import attribute_space, chance_levels, sanity_stats, score
+from .adherence import attribute_space, chance_levels, confusion, sanity_stats, score
 from .config import Experiment
 from .data import val_batches
 from .distributed import pick_device
@@ -105,6 +105,7 @@ def adherence(exp: Experiment, pipe: TextToVideo, space: dict[str, list[str]], m
             "data_config_matches_shards": data_matches,
             "sampler": cfg.sampler, "steps": cfg.steps,
             "guidance": cfg.guidance, "accuracy": accuracy, "chance": chance_levels(space), "targets": cfg.targets,
+            "shape_confusion": confusion(rows, "shape", space["shapes"]),
             "passed": all(accuracy.get(k, 0.0) >= v for k, v in cfg.targets.items()),
             **sanity_stats(videos),
             "seconds": round(seconds, 1),
@@ -264,4 +265,10 @@ def _adherence_rows(result: dict[str, Any]) -> tuple[str, list[str]]:
         chance_text = "" if chance is None else f"{chance:.1%}"
         verdict = "" if target is None else f">= {target:.0%}  {'ok' if acc >= target else 'MISSED'}"
         rows.append(f"  {key:<16}{acc:>9.1%}  {chance_text:>6}  {verdict}".rstrip())
+    table = result.get("shape_confusion") or {}
+    asked = [s for s, reads in table.items() if sum(reads.values())]
+    if asked:  # which shape was read as which: rows the prompt's shape, columns what the judge saw
+        columns = list(next(iter(table.values())))
+        rows.append(f"  {'shape read as':<16}" + "".join(f"{'none' if c == 'None' else c:>9}" for c in columns))
+        rows += [f"  {f'  {s}':<16}" + "".join(f"{table[s][c]:>9}" for c in columns) for s in asked]
     return head, rows
