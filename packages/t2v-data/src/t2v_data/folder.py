@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from t2v_model.errors import ConfigError, DataError
 
-from .sources import Reject, VideoFileSource, WorkItem, dedupe_keys, natural_key, sample_key
+from .sources import FileSourceConfig, Reject, VideoFileSource, WorkItem, dedupe_keys, natural_key, sample_key
 from .video_decode import VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -20,14 +20,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class FolderConfig:
+class FolderConfig(FileSourceConfig):
     dir: str = ""  # videos (searched recursively), each with a same-stem .txt (one caption per non-empty line)
-    limit: int = 0  # at most this many videos (0 = all)
     follow_symlinks: bool = False  # take links that resolve outside dir (a caption linked to /etc/passwd is not)
-
-    def validate(self) -> None:
-        if self.limit < 0:
-            raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
 
 
 class Folder(VideoFileSource):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from t2v_model.errors import ConfigError, DataError
 
-from .sources import Reject, VideoFileSource, WorkItem, natural_key, sample_key
+from .sources import FileSourceConfig, Reject, VideoFileSource, WorkItem, natural_key, sample_key
 from .video_decode import VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -35,14 +35,9 @@ FORMATS = ("train_val_videodatainfo.json / test_videodatainfo.json (the official
 
 
 @dataclass
-class MsrvttConfig:
+class MsrvttConfig(FileSourceConfig):  # limit: the first videos in video-id order
     videos_dir: str = ""  # searched recursively for video<N>.mp4: the folder holding TrainValVideo/ and TestVideo/
     annotations: list[str] = field(default_factory=list)  # annotation files, see the module docstring
-    limit: int = 0  # at most this many videos (0 = all), in video-id order
-
-    def validate(self) -> None:
-        if self.limit < 0:
-            raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
 
 
 @dataclass

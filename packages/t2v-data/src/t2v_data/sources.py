@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2v_model.errors import DataError
+from t2v_model.errors import ConfigError, DataError
 
 from .shards import encode_sample, tar_bytes
 from .video_decode import decode, real_speed_clips, spread_clip, why_no_clip
@@ -61,6 +61,17 @@ class Made:
     key: str
     members: dict[str, bytes]
     fps: float
+
+
+@dataclass
+class FileSourceConfig:
+    """What the section of every video-file source has."""
+
+    limit: int = 0  # at most this many videos (0 = all)
+
+    def validate(self) -> None:
+        if self.limit < 0:
+            raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
 
 
 class Source:

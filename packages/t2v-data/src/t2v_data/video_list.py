@@ -20,25 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from t2v_model.errors import ConfigError, DataError
 
-from .sources import Reject, VideoFileSource, WorkItem, dedupe_keys, natural_key, sample_key, split_of
+from .sources import FileSourceConfig, Reject, VideoFileSource, WorkItem, dedupe_keys, natural_key, sample_key, split_of
 
 if TYPE_CHECKING:
     from .prepare_config import PrepareConfig
 
 
 @dataclass
-class ListConfig:
+class ListConfig(FileSourceConfig):
     file: str = ""  # .csv (header row) or .jsonl (one JSON object per line)
     root: str | None = None  # where relative paths start; None = the list file's folder
     path: str = "path"  # the column with the video's path, or a template of columns, e.g. "{page_dir}/{videoid}.mp4"
     caption: str = "caption"  # the caption column
     start: str = "start"  # the columns of the span's start / end seconds; rows without them use the whole video
     end: str = "end"
-    limit: int = 0  # at most this many videos (0 = all)
-
-    def validate(self) -> None:
-        if self.limit < 0:
-            raise ConfigError(f"limit: must be >= 0 (0 = all), got {self.limit}")
 
 
 class VideoList(VideoFileSource):
