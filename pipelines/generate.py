@@ -2,6 +2,9 @@
 
     uv run pipelines/generate.py --checkpoint runs/quickstart/model --prompt "a red circle moving left" \
         --steps 50 --guidance 3 --seed 0 --out samples/red_left.mp4
+    # the card names its text encoder portably (a hub id, the packaged name or a directory's name, + weights hash);
+    # where this machine has it as a local directory only:
+    uv run pipelines/generate.py --checkpoint ckpt --text-encoder models/my-t5 --prompt "..."
 
 Bad flag values or an unusable --out / --device: one `config error: ...` line and exit 2, before anything loads
 (unknown flags: argparse's usage message, exit 2); a missing or corrupt checkpoint or text encoder: one `error: ...`
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="samples/video.mp4", help=OUT_HELP)
     ap.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written files (>= 1)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    ap.add_argument("--text-encoder", metavar="DIR", help="a local copy of the checkpoint's text encoder (a model "
+                    "directory; its weights must be the ones the card names) instead of loading the card's id")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     phase = "sampling"
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(problem)
         video_paths, grid_path = _output_paths(args.out, args.prompt)
         keep_freed_memory()  # every denoise step re-allocates the same activations (t2v_model/allocator.py)
-        pipe = TextToVideo.from_pretrained(args.checkpoint, device=resolve_device(args.device))
+        pipe = TextToVideo.from_pretrained(args.checkpoint, device=resolve_device(args.device),
+                                           text_encoder=args.text_encoder)
         if args.steps > pipe.diffusion.num_timesteps:
             raise ConfigError(f"--steps: at most {pipe.diffusion.num_timesteps} for this checkpoint (its diffusion "
                               f"timesteps), got {args.steps}")
@@ -96,6 +102,8 @@ def _flag_error(args) -> str | None:
         return "--prompt: must not be empty"
     if args.scale < 1:
         return f"--scale: must be >= 1, got {args.scale}"
+    if args.text_encoder is not None and not Path(args.text_encoder).expanduser().is_dir():
+        return f"--text-encoder {args.text_encoder}: no such model directory"
     try:  # the library's own checks, each message naming its argument: "steps: ...", "device NAME: ..."
         check_sampling(steps=args.steps, guidance=args.guidance, sampler=args.sampler, eta=args.eta, seed=args.seed)
         resolve_device(args.device)

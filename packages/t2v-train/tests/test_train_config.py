@@ -82,6 +82,27 @@ def test_shards_from_another_encoder_are_refused(shards, tiny_raw, tmp_path):
         train(load_experiment(None, raw=raw), progress=False)
 
 
+def test_a_config_naming_a_local_encoder_directory_matches_shards_embedded_from_it(shards, tiny_raw, tmp_path):
+    """The shards name the packaged MiniLM; a config naming a local copy of it (its weights) means the same encoder:
+    the comparison is between portable ids, not between a path and an id."""
+    from t2v_data.shards import Manifest
+    from t2v_model.text_encoder import packaged_model_path
+
+    copy = tmp_path / "models" / "minilm"
+    copy.mkdir(parents=True)
+    for f in packaged_model_path().iterdir():
+        if f.is_file():
+            (copy / f.name).symlink_to(f)
+    raw = tiny_raw(shards, tmp_path)
+    raw["embed"] = {"encoder": str(copy), "max_length": 6}
+    exp = load_experiment(None, raw=raw)
+    assert Manifest.read(shards).encoder_mismatch(exp.encoder_id, 16, exp.encoder_max_length) is None
+    raw["embed"]["encoder"] = str(tmp_path / "models" / "other-bert")  # no such directory here: named by its name
+    with pytest.raises(DataError, match=rf"but the config names '{tmp_path}/models/other-bert' \(text encoder "
+                                        r"'other-bert'\) \(embed.encoder\)"):
+        train(load_experiment(None, raw=raw), progress=False)
+
+
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     config = tmp_path / "exp.yaml"
     config.write_text("name: x\ntrain: {steps: 10}\n")

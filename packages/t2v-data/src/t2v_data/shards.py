@@ -28,6 +28,7 @@ from t2v_model.config import DataGeometry, TextEncoderInfo
 from t2v_model.errors import ConfigError, DataError
 from t2v_model.files import AtomicFile, json_bytes, load_json, named, write_bytes_atomic
 from t2v_model.schema import build, to_dict
+from t2v_model.text_encoder_id import encoder_id as portable_encoder_id
 
 FORMAT = "t2v-shards/1"
 MANIFEST = "manifest.json"
@@ -167,17 +168,20 @@ class Manifest:
     # the checks a consumer makes before using the shards: each returns a one-line reason, or None when they fit
     def encoder_mismatch(self, encoder_id: str, dim: int, max_length: int | None = None) -> str | None:
         """Why these shards cannot train a model conditioned on `encoder_id` embeddings of width `dim` (cut at
-        `max_length` tokens, when given)."""
+        `max_length` tokens, when given). `encoder_id` is what the config names (embed.encoder): a local directory
+        there is compared by its portable id, as the embed stage recorded it (t2v_model.text_encoder_id)."""
         te = self.text_encoder
         if te is None:
             return (f"{self.path}: no text_encoder block (stage {self.stage!r}); these are not pre-embedded shards, "
                     f"run pipelines/embed.py first")
-        if te.id == encoder_id and te.dim != dim:  # re-embedding with it would give the same width
+        portable = portable_encoder_id(encoder_id)
+        if te.id == portable and te.dim != dim:  # re-embedding with it would give the same width
             return (f"{self.path}: shards were embedded with text encoder {te.id!r} ({te.dim}-d) but the model "
                     f"expects {dim}-d; set model.unet.cond_dim={te.dim}, or embed with a {dim}-d encoder")
-        if te.id != encoder_id:
+        if te.id != portable:
+            named = repr(encoder_id) if portable == encoder_id else f"{encoder_id!r} (text encoder {portable!r})"
             return (f"{self.path}: shards were embedded with text encoder {te.id!r} ({te.dim}-d) but the config "
-                    f"names {encoder_id!r} (embed.encoder) with model.unet.cond_dim {dim}; re-run the embed stage, "
+                    f"names {named} (embed.encoder) with model.unet.cond_dim {dim}; re-run the embed stage, "
                     f"or set embed.encoder to {te.id!r}")
         if max_length is not None and te.max_length != max_length:
             return (f"{self.path}: captions were embedded cut at {te.max_length} tokens but embed.max_length is "

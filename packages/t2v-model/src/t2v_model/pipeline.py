@@ -31,7 +31,11 @@ class TextToVideo:
         self.card = card
         self.device = device
         self.diffusion = GaussianDiffusion(card.diffusion)
-        self._text_encoder = text_encoder
+        # text_encoder: None = the card's (`card.text_encoder.id`, loaded on first use); a str or Path = a local
+        # directory (or hub id) to load instead, e.g. a copy of the card's encoder on this machine, its weights hash
+        # checked against the card's; an encoder object (TextEncoder or alike) = used as given
+        self._text_encoder_source = str(text_encoder) if isinstance(text_encoder, (str, Path)) else None
+        self._text_encoder = None if self._text_encoder_source is not None else text_encoder
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "auto", text_encoder=None,
@@ -58,12 +62,18 @@ class TextToVideo:
             from .text_encoder import load_text_encoder
 
             info = self.card.text_encoder
-            self._text_encoder = load_text_encoder(info.id, device=self.device, max_length=info.max_length)
-            if self._text_encoder.dim != info.dim:
-                raise CheckpointError(
-                    f"text encoder {info.id!r} gives {self._text_encoder.dim}-d embeddings but the checkpoint was "
-                    f"trained on {info.dim}-d ones"
-                )
+            given = self._text_encoder_source
+            encoder = load_text_encoder(info.id if given is None else given, device=self.device,
+                                        max_length=info.max_length)
+            name = repr(info.id) if given is None else f"{given} (for {info.id!r})"
+            if encoder.dim != info.dim:
+                raise CheckpointError(f"text encoder {name} gives {encoder.dim}-d embeddings but the checkpoint was "
+                                      f"trained on {info.dim}-d ones")
+            if info.weights_hash and encoder.weights_hash != info.weights_hash:
+                raise CheckpointError(f"text encoder {name} has weights {encoder.weights_hash} but the checkpoint was "
+                                      f"trained with weights {info.weights_hash}; give a copy of those (text_encoder="
+                                      f"DIR, generate.py --text-encoder DIR)")
+            self._text_encoder = encoder
         return self._text_encoder
 
     def check_sampling(self, *, steps: int, guidance: float, sampler: str, eta: float, seed: int | None = 0) -> None:

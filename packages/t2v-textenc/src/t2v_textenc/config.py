@@ -16,9 +16,11 @@ from t2v_model.schema import build
 class EmbedConfig:
     in_dir: str | None = None  # raw shards; None = the data section's out_dir
     out_dir: str | None = None  # pre-embedded shards; None = data/<name>/embedded
-    encoder: str | None = None  # None = the packaged all-MiniLM-L6-v2; a hub name (e.g. bert-base-cased) or a dir
+    # None = the packaged all-MiniLM-L6-v2; a hub id (bert-base-cased, google-t5/t5-base, a CLIP...) or a local dir
+    # of a BERT-like, T5 or CLIP text model (docs/embed.md)
+    encoder: str | None = None
     tokens: bool = False  # also store per-token embeddings + mask (for cross-attention)
-    # tokens per caption including [CLS]/[SEP]; longer captions are cut (and counted)
+    # tokens per caption including the start/end tokens ([CLS]/[SEP], </s>, BOS/EOS); longer captions are cut (counted)
     max_length: int = TextEncoderInfo.max_length
     batch_size: int = 64
     cache_dir: str | None = "cache/text"  # persistent caption-embedding cache; None = in memory for this run only
