@@ -24,7 +24,7 @@ from pathlib import Path
 from t2v_model.allocator import keep_freed_memory
 from t2v_model.cli import run
 from t2v_model.errors import ConfigError, T2VError
-from t2v_model.pipeline import TextToVideo, check_sampling, resolve_device
+from t2v_model.pipeline import SAMPLERS, TextToVideo, check_sampling, resolve_device
 from t2v_model.video_io import output_extension, save_grid, save_video
 
 MAX_SIDE = 8192  # pixels, of a written frame after --scale
@@ -41,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50, help="sampling steps, 1 .. the checkpoint's diffusion timesteps")
     ap.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance weight >= 0 (1 = none)")
     ap.add_argument("--seed", type=int, default=0, help="0 .. 2**64-1; the same seed and prompts give the same videos")
-    ap.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (0 = deterministic)")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                    help="ddim (default), ddpm (ancestral, needs many steps) or dpm++ (DPM-Solver++(2M), "
+                         "deterministic, second order); see docs/model.md, \"Samplers\"")
+    ap.add_argument("--eta", type=float, default=0.0,
+                    help="DDIM only (ignored by ddpm and dpm++): eta in [0, 1], 0 = deterministic, 1 = DDPM's noise")
     ap.add_argument("--out", default="samples/video.mp4", help=OUT_HELP)
     ap.add_argument("--scale", type=int, default=4, help="pixel upscaling of the written files (>= 1)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

@@ -41,6 +41,18 @@ def test_generate_writes_mp4_gif_png(checkpoint, tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} >= {"many-0.gif", "many-1.gif", "many-grid.gif", "many-grid.png"}
 
 
+def test_generate_with_each_sampler(checkpoint, tmp_path, capsys):
+    for sampler in ("ddim", "ddpm", "dpm++"):
+        rc = generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--steps", "3", "--sampler", sampler,
+                            "--quiet", "--out", str(tmp_path / f"{sampler}.gif")])
+        assert rc == 0 and (tmp_path / f"{sampler}.gif").is_file()
+        assert f"(3 {sampler} steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        generate.main(["--checkpoint", str(checkpoint), "--prompt", "x", "--sampler", "dpmpp"])
+    err = capsys.readouterr().err
+    assert "--sampler: invalid choice: 'dpmpp'" in err and "dpm++" in err
+
+
 def test_generate_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     rc = generate.main(["--checkpoint", str(tmp_path / "missing"), "--prompt", "x"])
     err = capsys.readouterr().err.strip()

@@ -51,9 +51,12 @@ def test_generate_shape_dtype_and_seed_control():
     assert not torch.equal(a, c)
     ddpm = pipe.generate(["x"], steps=5, sampler="ddpm", seed=0)
     assert ddpm.shape == (1, 3, 8, 10, 3)
+    dpm = pipe.generate(["x", "y"], steps=5, sampler="dpm++", seed=0)
+    assert dpm.shape == (2, 3, 8, 10, 3) and torch.equal(dpm, pipe.generate(["x", "y"], steps=5, sampler="dpm++"))
+    assert not torch.equal(dpm[:1], pipe.generate(["x"], steps=5, seed=0))  # not DDIM under another name
     with pytest.raises(ValueError, match="prompts"):
         pipe.generate([""])
-    with pytest.raises(ValueError, match="sampler"):
+    with pytest.raises(ValueError, match=r"sampler: unknown 'euler' \(ddim \| ddpm \| dpm\+\+\)"):
         pipe.generate(["x"], sampler="euler")
 
 

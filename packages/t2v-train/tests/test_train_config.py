@@ -29,6 +29,7 @@ import train as train_cli  # noqa: E402
     ("null_cond_prob", 1.0, "train.null_cond_prob: must be in"),
     ("min_snr_gamma", -1, "train.min_snr_gamma: must be positive"),
     ("loss", "huber", "train.loss: must be one of"),
+    ("sample_sampler", "euler", "train.sample_sampler: must be one of 'ddim', 'ddpm', 'dpm\\+\\+', got 'euler'"),
 ])
 def test_bad_train_values_name_the_key(shards, tiny_raw, tmp_path, key, value, named):
     raw = tiny_raw(shards, tmp_path)
@@ -136,6 +137,28 @@ def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_
     raw["model"]["unet"]["cross_attn"] = True
     assert train(load_experiment(None, raw=raw), progress=False)["step"] == 2
     assert (tmp_path / "b" / "samples" / "step-000002.gif").is_file()
+
+
+def test_previews_and_evaluation_take_the_configured_sampler(shards, tiny_raw, tmp_path, monkeypatch):
+    from t2v_model.pipeline import TextToVideo
+
+    raw = tiny_raw(shards, tmp_path, steps=2, checkpoint_every=2, sample_sampler="dpm++")
+    raw["evaluate"] = {"sampler": "dpm++"}
+    exp = load_experiment(None, raw=raw)
+    assert exp.evaluate.sampler == "dpm++"
+    assert load_experiment(None, raw=tiny_raw(shards, tmp_path)).train.sample_sampler == "ddim"  # the default
+    seen = []
+    original = TextToVideo.generate_from_embeddings
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("sampler"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextToVideo, "generate_from_embeddings", spy)
+    train(exp, progress=False)
+    assert seen == ["dpm++"] and (tmp_path / "samples" / "step-000002.gif").is_file()
+    with pytest.raises(ConfigError, match=r"evaluate\.sampler: must be one of 'ddim', 'ddpm', 'dpm\+\+'"):
+        load_experiment(None, raw={**raw, "evaluate": {"sampler": "dpmpp"}})
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))

@@ -79,6 +79,7 @@ class TrainConfig:
     # trackers besides metrics.jsonl: tensorboard (runs/<name>/tensorboard), wandb (project wandb_project or "t2v")
     loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     wandb_project: str | None = None
+    sample_sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"  # the previews' sampler (t2v_model.pipeline.SAMPLERS)
     # anneal prior_fraction linearly to this value by the last step (null = constant): the direction of motion is
     # learned from the high-noise samples early, the shapes' detail from the uniform ones later
     prior_fraction_end: float | None = None
@@ -119,7 +120,7 @@ class EvalConfig:
     seed: int = 0
     steps: int = 25
     guidance: float = 3.0
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpm++"] = "ddim"  # dpm++ = DPM-Solver++(2M); DDIM here runs with eta 0
     batch_size: int = 16
     device: str = "auto"
     val_batches: int = 8  # val-loss batches of train.batch_size

@@ -414,7 +414,7 @@ class Trainer:
         cond = text_inputs(self.preview, self.device)
         videos = self.pipe.generate_from_embeddings(cond["text"], tokens=cond["tokens"], token_mask=cond["token_mask"],
                                                     steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance,
-                                                    seed=self.exp.seed)
+                                                    seed=self.exp.seed, sampler=self.cfg.sample_sampler)
         stem = self.out / "samples" / f"step-{self.step:06d}"
         save_grid(stem.with_suffix(".gif"), videos, fps=self.geometry.fps, scale=4)
         self.log.videos(self.step, contact_sheet(videos, scale=2), stem.with_suffix(".gif"), self.preview["caption"])
