@@ -105,8 +105,8 @@ class TextToVideo:
         """Generate one video per prompt: uint8 (B, T, H, W, C). Same seed + same prompts -> the same videos.
 
         `sampler`: "ddim" (default; `eta` 0 deterministic, up to 1 = DDPM's noise), "ddpm" (ancestral) or "dpm++"
-        (DPM-Solver++(2M): deterministic, second order, the best of the three at 10-20 steps). `eta` is DDIM's alone:
-        the other samplers ignore it."""
+        (DPM-Solver++(2M): deterministic, second order, nearest the converged sample for a given step count). `eta` is
+        DDIM's alone: the other samplers ignore it."""
         self.check_sampling(steps=steps, guidance=guidance, sampler=sampler, eta=eta, seed=seed)
         emb = self.embed(prompts)
         return self.generate_from_embeddings(
