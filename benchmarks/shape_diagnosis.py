@@ -28,7 +28,7 @@ from t2v_data.judge import judge_video
 from t2v_data.prepare_config import prepare_config
 from t2v_data.shapes import heldout_prompts, render_attributes
 from t2v_model.pipeline import TextToVideo, to_uint8
-from t2v_model.samplers import ddim_step, guided_denoiser, timestep_schedule
+from t2v_model.samplers import ddim_step, guided_denoiser, step_pairs, timestep_schedule
 from t2v_train.adherence import attribute_space
 from t2v_train.config import load_experiment
 
@@ -97,8 +97,7 @@ def main() -> None:
     x = torch.randn(x_true.shape, generator=g)
     ts = timestep_schedule(diffusion.num_timesteps, cfg.steps)
     x0_reads = []
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+    for t, t_prev in step_pairs(ts):
         tt = torch.full((x.shape[0],), t, dtype=torch.long)
         x0 = diffusion.interpret(denoise(x, tt), x, tt).x0
         x0_reads.append((t, read_shapes(to_uint8(x0).numpy(), attrs, space)))
@@ -135,8 +134,8 @@ def main() -> None:
         x = diffusion.q_sample(x_true, torch.full((len(x_true),), t0, dtype=torch.long), noise)
         sub = [t for t in ts if t < t0]
         steps = [t0, *sub]
-        for i, t in enumerate(steps):
-            x = ddim_step(denoise, diffusion, x, t, steps[i + 1] if i + 1 < len(steps) else -1, abar)
+        for t, t_prev in step_pairs(steps):
+            x = ddim_step(denoise, diffusion, x, t, t_prev, abar)
         read = read_shapes(to_uint8(x).numpy(), attrs, space)
         out["sdedit"].append({"t0": t0, "snr": round(float(abar[t0] / (1 - abar[t0])), 4), "steps": len(steps),
                               "shape": accuracy(read, attrs)})

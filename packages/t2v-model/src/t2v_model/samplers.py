@@ -38,6 +38,11 @@ def timestep_schedule(num_train: int, steps: int, spacing: Spacing = "trailing")
     return [int(t) for t in ts]
 
 
+def step_pairs(ts: list[int]) -> list[tuple[int, int]]:
+    """(t, t_prev) for each step of a descending schedule; the last step's t_prev is -1, i.e. x_0 itself."""
+    return list(zip(ts, [*ts[1:], -1]))
+
+
 def guided_denoiser(model, text, *, guidance: float, tokens=None, token_mask=None) -> Denoiser:
     """Classifier-free guidance (Ho & Salimans 2022): out = uncond + w * (cond - uncond).
 
@@ -78,9 +83,8 @@ def ddim_sample(
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     abar = diffusion._get("alphas_cumprod", torch.device(device))
     ts = timestep_schedule(diffusion.num_timesteps, steps, spacing)
-    iterator = progress(ts) if progress else ts
-    for i, t in enumerate(iterator):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+    pairs = step_pairs(ts)
+    for t, t_prev in progress(pairs) if progress else pairs:
         x = ddim_step(denoise, diffusion, x, t, t_prev, abar, eta=eta, generator=generator, clip=clip)
     return x
 
@@ -160,10 +164,8 @@ def dpmpp_2m_sample(
     the solver the paper designs for guided sampling."""
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     ts = timestep_schedule(diffusion.num_timesteps, steps, spacing)
-    iterator = progress(ts) if progress else ts
-    last = None
-    for i, t in enumerate(iterator):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+    pairs, last = step_pairs(ts), None
+    for t, t_prev in progress(pairs) if progress else pairs:
         x, last = dpmpp_2m_step(denoise, diffusion, x, t, t_prev, last, clip=clip)
     return x
 
