@@ -24,18 +24,6 @@ def _words() -> list[str]:
             if w.isascii() and w.isalpha() and w.islower()]
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of byte-level BPE (GPT-2 / CLIP)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def make_bert(d: Path, seed: int = 0, model_type: str = "bert") -> Path:
     """BERT (or RoBERTa-shaped DistilBERT...: model_type picks the config) with the packaged MiniLM's tokenizer."""
     from transformers import AutoConfig, AutoModel
@@ -77,6 +65,8 @@ def make_clip(d: Path, full: bool = False, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     d.mkdir(parents=True, exist_ok=True)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # byte-level BPE's byte -> char table
+
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (d / "vocab.json").write_text(json.dumps(vocab))

@@ -181,18 +181,6 @@ def i3d_file(tiny_i3d, tmp_path_factory):
     return path
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of byte-level BPE (GPT-2 / CLIP)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A random 2-layer CLIP (hidden 32, 32x32 images, patch 8) with a byte-level CLIP tokenizer (no merges) and
@@ -205,6 +193,8 @@ def tiny_clip(tmp_path_factory):
         from transformers import CLIPImageProcessor as ImageProcessor
 
     d = tmp_path_factory.mktemp("tiny_clip")
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # byte-level BPE's byte -> char table
+
     chars = list(bytes_to_unicode().values())
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     (d / "vocab.json").write_text(json.dumps(vocab))
