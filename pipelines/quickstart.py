@@ -14,9 +14,8 @@ import os
 import sys
 import time
 
-# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning threads make a training
-# step up to ~8x slower (measured on 2 cores under load); must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's idle threads spin a little, then sleep: see pipelines/train.py. Must be set before torch is imported.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import embed  # noqa: E402 - the pipeline scripts next to this one
 import evaluate  # noqa: E402

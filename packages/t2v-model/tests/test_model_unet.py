@@ -82,6 +82,31 @@ def test_text_changes_output_and_frames_interact():
     assert not torch.allclose(out[:, :, 3], model(x2, t, text)[:, :, 3], atol=1e-5)
 
 
+def test_attn_from_level_attends_only_below_full_resolution():
+    """attn_from_level 1: no attention sees a full-resolution tensor, every other level attends on both paths, and
+    frames still interact through the attention left."""
+    from t2v_model.attention import CrossAttention, SpatialAttention
+
+    model = tiny(attn_from_level=1, cross_attn=True, use_sparse_linear_attn=True)
+    seen = []
+    for m in model.modules():
+        if isinstance(m, (TemporalAttention, CrossAttention, SpatialLinearAttention, SpatialAttention)):
+            m.register_forward_hook(lambda mod, args, out: seen.append((type(mod).__name__, args[0].shape[-1])))
+    x, t, text = torch.randn(1, 3, 4, 16, 16), torch.tensor([100]), torch.randn(1, 16)
+    tokens, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    out = model(x, t, text, tokens, mask)
+    assert out.shape == x.shape
+    assert sorted(w for name, w in seen if name == "TemporalAttention") == [4, 4, 4, 8, 8]  # down, middle, up
+    assert sorted(w for name, w in seen if name == "CrossAttention") == [4, 4, 4, 8, 8]
+    assert sorted(w for name, w in seen if name == "SpatialLinearAttention") == [4, 4, 8, 8]
+    x2 = x.clone()
+    x2[:, :, 0] += 1
+    assert not torch.allclose(out[:, :, 3], model(x2, t, text, tokens, mask)[:, :, 3], atol=1e-5)
+    assert model.num_parameters() < tiny(cross_attn=True, use_sparse_linear_attn=True).num_parameters()
+    with pytest.raises(ConfigError, match=r"attn_from_level: must be a level index in \[0, 2\], got 3"):
+        tiny(attn_from_level=3)
+
+
 def test_gradient_checkpointing_gives_same_loss_and_grads():
     model = tiny()
     x, t, text = torch.randn(2, 3, 3, 8, 8), torch.tensor([1, 2]), torch.randn(2, 16)

@@ -36,6 +36,10 @@ class UnetConfig:
     # pure noise a conv net only knows where it is through padding, yet at high noise the caption must decide where
     # the object is in every frame.
     coord_input: bool = False
+    # Levels below this index (0 = full resolution) have no attention, only convolutions: at 32 px the full-resolution
+    # temporal and cross-attention are ~40% of a train step (docs/model.md, "Attention by level"). The middle always
+    # attends.
+    attn_from_level: int = 0
     resnet_groups: int = 8
     rel_pos_max_distance: int = 32
 
@@ -58,6 +62,9 @@ class UnetConfig:
                 raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
         if len(self.dim_mults) > 8:
             raise ConfigError(f"dim_mults: at most 8 levels, got {len(self.dim_mults)}")
+        if isinstance(self.attn_from_level, bool) or not 0 <= self.attn_from_level < len(self.dim_mults):
+            raise ConfigError(f"attn_from_level: must be a level index in [0, {len(self.dim_mults) - 1}], "
+                              f"got {self.attn_from_level!r}")
         if self.estimated_parameters() > MAX_PARAMETERS:
             raise ConfigError(f"dim: a U-Net of dim {self.dim} with dim_mults {list(self.dim_mults)} would have "
                               f"~{self.estimated_parameters() / 1e9:,.1f} G parameters "

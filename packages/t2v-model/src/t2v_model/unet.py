@@ -91,16 +91,17 @@ class ResnetBlock(nn.Module):
 
 
 class Level(nn.Module):
-    """One U-Net level: 2 ResnetBlocks, spatial (linear) attention, optional cross-attention, temporal attention."""
+    """One U-Net level: 2 ResnetBlocks, then (with `attend`) spatial (linear) attention, optional cross-attention
+    and temporal attention."""
 
-    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, film_dim: int):
+    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, film_dim: int, attend: bool = True):
         super().__init__()
         self.block1 = ResnetBlock(dim_in, dim_out, film_dim, cfg.resnet_groups)
         self.block2 = ResnetBlock(dim_out, dim_out, film_dim, cfg.resnet_groups)
         heads, dh = cfg.attn_heads, cfg.attn_dim_head
-        self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if cfg.use_sparse_linear_attn else None
-        self.cross_attn = CrossAttention(dim_out, cfg.cond_dim, heads, dh) if cfg.cross_attn else None
-        self.temporal_attn = TemporalAttention(dim_out, heads, dh)
+        self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if attend and cfg.use_sparse_linear_attn else None
+        self.cross_attn = CrossAttention(dim_out, cfg.cond_dim, heads, dh) if attend and cfg.cross_attn else None
+        self.temporal_attn = TemporalAttention(dim_out, heads, dh) if attend else None
 
     def forward(self, x, cond, frames, pos_bias, cis, tokens=None, token_mask=None):
         x = self.block1(x, cond)
@@ -109,7 +110,9 @@ class Level(nn.Module):
             x = self.spatial_attn(x)
         if self.cross_attn is not None:
             x = self.cross_attn(x, frames, tokens, token_mask)
-        return self.temporal_attn(x, frames, pos_bias, cis)
+        if self.temporal_attn is not None:
+            x = self.temporal_attn(x, frames, pos_bias, cis)
+        return x
 
 
 class Unet3D(nn.Module):
@@ -123,7 +126,7 @@ class Unet3D(nn.Module):
         self.time_rel_pos_bias = RelativePositionBias(heads, max_distance=cfg.rel_pos_max_distance)
         in_channels = cfg.channels + (3 if cfg.coord_input else 0)  # + (frame, y, x) channels
         self.init_conv = nn.Conv2d(in_channels, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
-        self.init_temporal_attn = TemporalAttention(dim, heads, dh)
+        self.init_temporal_attn = TemporalAttention(dim, heads, dh) if cfg.attn_from_level == 0 else None
 
         time_dim = dim * 4
         self.time_mlp = nn.Sequential(
@@ -146,7 +149,7 @@ class Unet3D(nn.Module):
         self.downsamples = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(in_out):
             last = i == len(in_out) - 1
-            self.downs.append(Level(d_in, d_out, cfg, film_dim))
+            self.downs.append(Level(d_in, d_out, cfg, film_dim, attend=i >= cfg.attn_from_level))
             self.downsamples.append(nn.Identity() if last else nn.Conv2d(d_out, d_out, 4, stride=2, padding=1))
 
         mid = dims[-1]
@@ -160,7 +163,7 @@ class Unet3D(nn.Module):
         self.upsamples = nn.ModuleList()
         for i, (d_in, d_out) in enumerate(reversed(in_out)):
             last = i == len(in_out) - 1
-            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim))
+            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim, attend=len(in_out) - 1 - i >= cfg.attn_from_level))
             self.upsamples.append(nn.Identity() if last else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1))
 
         self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
@@ -227,7 +230,8 @@ class Unet3D(nn.Module):
         pos_bias = self.time_rel_pos_bias(frames, x.device)
         cis = rotary_cis(frames, min(32, cfg.attn_dim_head), x.device)  # rotary on <= 32 channels/head, as the seed
         h = self.init_conv(h)
-        h = self.init_temporal_attn(h, frames, pos_bias, cis)
+        if self.init_temporal_attn is not None:
+            h = self.init_temporal_attn(h, frames, pos_bias, cis)
         r = h
 
         skips = []
