@@ -99,7 +99,8 @@ class Level(nn.Module):
         self.block1 = ResnetBlock(dim_in, dim_out, film_dim, cfg.resnet_groups)
         self.block2 = ResnetBlock(dim_out, dim_out, film_dim, cfg.resnet_groups)
         heads, dh = cfg.attn_heads, cfg.attn_dim_head
-        self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if attend and cfg.use_sparse_linear_attn else None
+        linear = attend and cfg.use_sparse_linear_attn
+        self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if linear else None
         self.cross_attn = CrossAttention(dim_out, cfg.cond_dim, heads, dh) if attend and cfg.cross_attn else None
         self.temporal_attn = TemporalAttention(dim_out, heads, dh) if attend else None
 
