@@ -37,8 +37,7 @@ class UnetConfig:
     # the object is in every frame.
     coord_input: bool = False
     # Levels below this index (0 = full resolution) have no attention, only convolutions: at 32 px the full-resolution
-    # temporal and cross-attention are ~40% of a train step (docs/model.md, "Attention by level"). The middle always
-    # attends.
+    # temporal and cross-attention are ~40% of a train step (docs/model.md, "Unet3D"). The middle always attends.
     attn_from_level: int = 0
     resnet_groups: int = 8
     rel_pos_max_distance: int = 32
