@@ -6,7 +6,9 @@ import torch.nn.functional as F
 
 from t2v_model import ConfigError, Unet3D, UnetConfig
 from t2v_model.attention import (
+    CrossAttention,
     RelativePositionBias,
+    SpatialAttention,
     SpatialLinearAttention,
     TemporalAttention,
     rotary_cis,
@@ -85,8 +87,6 @@ def test_text_changes_output_and_frames_interact():
 def test_attn_from_level_attends_only_below_full_resolution():
     """attn_from_level 1: no attention sees a full-resolution tensor, every other level attends on both paths, and
     frames still interact through the attention left."""
-    from t2v_model.attention import CrossAttention, SpatialAttention
-
     model = tiny(attn_from_level=1, cross_attn=True, use_sparse_linear_attn=True)
     seen = []
     for m in model.modules():

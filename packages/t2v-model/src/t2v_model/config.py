@@ -61,7 +61,8 @@ class UnetConfig:
                 raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
         if len(self.dim_mults) > 8:
             raise ConfigError(f"dim_mults: at most 8 levels, got {len(self.dim_mults)}")
-        if isinstance(self.attn_from_level, bool) or not 0 <= self.attn_from_level < len(self.dim_mults):
+        level = self.attn_from_level
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < len(self.dim_mults):
             raise ConfigError(f"attn_from_level: must be a level index in [0, {len(self.dim_mults) - 1}], "
                               f"got {self.attn_from_level!r}")
         if self.estimated_parameters() > MAX_PARAMETERS:

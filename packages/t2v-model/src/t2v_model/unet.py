@@ -148,9 +148,9 @@ class Unet3D(nn.Module):
         in_out = list(zip(dims[:-1], dims[1:]))
         self.downs = nn.ModuleList()
         self.downsamples = nn.ModuleList()
-        for i, (d_in, d_out) in enumerate(in_out):
-            last = i == len(in_out) - 1
-            self.downs.append(Level(d_in, d_out, cfg, film_dim, attend=i >= cfg.attn_from_level))
+        for level, (d_in, d_out) in enumerate(in_out):
+            last = level == len(in_out) - 1
+            self.downs.append(Level(d_in, d_out, cfg, film_dim, attend=level >= cfg.attn_from_level))
             self.downsamples.append(nn.Identity() if last else nn.Conv2d(d_out, d_out, 4, stride=2, padding=1))
 
         mid = dims[-1]
@@ -162,10 +162,10 @@ class Unet3D(nn.Module):
 
         self.ups = nn.ModuleList()
         self.upsamples = nn.ModuleList()
-        for i, (d_in, d_out) in enumerate(reversed(in_out)):
-            last = i == len(in_out) - 1
-            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim, attend=len(in_out) - 1 - i >= cfg.attn_from_level))
-            self.upsamples.append(nn.Identity() if last else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1))
+        for level, (d_in, d_out) in reversed(list(enumerate(in_out))):  # level 0 (full resolution) last
+            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim, attend=level >= cfg.attn_from_level))
+            up = nn.Identity() if level == 0 else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1)
+            self.upsamples.append(up)
 
         self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
         self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
