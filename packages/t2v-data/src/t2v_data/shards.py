@@ -166,7 +166,8 @@ class Manifest:
                 if split in (None, name) for s in info.shards]
 
     # the checks a consumer makes before using the shards: each returns a one-line reason, or None when they fit
-    def encoder_mismatch(self, encoder_id: str, dim: int, max_length: int | None = None) -> str | None:
+    def encoder_mismatch(self, encoder_id: str, dim: int, max_length: int | None = None,
+                         token_layer: int | None = None) -> str | None:
         """Why these shards cannot train a model conditioned on `encoder_id` embeddings of width `dim` (cut at
         `max_length` tokens, when given). `encoder_id` is what the config names (embed.encoder): a local directory
         there is compared by its portable id, as the embed stage recorded it (t2v_model.text_encoder_id)."""
@@ -186,6 +187,10 @@ class Manifest:
         if max_length is not None and te.max_length != max_length:
             return (f"{self.path}: captions were embedded cut at {te.max_length} tokens but embed.max_length is "
                     f"{max_length}; re-run the embed stage, or set embed.max_length to {te.max_length}")
+        if token_layer is not None and te.tokens and te.token_layer != token_layer:
+            return (f"{self.path}: caption tokens were taken from encoder layer {te.token_layer} but "
+                    f"embed.token_layer is {token_layer}; re-run the embed stage, or set embed.token_layer to "
+                    f"{te.token_layer}")
         return None
 
     def card_mismatch(self, geometry: DataGeometry, encoder: TextEncoderInfo, needs_tokens: bool) -> str | None:
@@ -206,6 +211,9 @@ class Manifest:
                     f"{encoder.weights_hash})")
         if needs_tokens and not te.tokens:
             return f"the shards in {self.directory} have no per-token embeddings, which cross-attention needs"
+        if needs_tokens and te.token_layer != encoder.token_layer:
+            return (f"the caption tokens in {self.directory} come from encoder layer {te.token_layer}, the "
+                    f"checkpoint's from layer {encoder.token_layer}")
         return None
 
 

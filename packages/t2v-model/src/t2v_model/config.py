@@ -115,12 +115,23 @@ class TextEncoderInfo:
     max_length: int = 77
     weights_hash: str = ""
     tokens: bool = False
+    # the hidden state the per-token embeddings are taken from: -1 the last layer, 0 the embedding layer (each word's
+    # vector whatever its neighbours), -2 the one before the last...; the pooled embedding is always the last layer's
+    token_layer: int = -1
 
     def validate(self) -> None:
         _positive(self, "dim", "max_length")
         for name, bound in (("dim", 16384), ("max_length", 4096)):
             if getattr(self, name) > bound:
                 raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
+        check_token_layer(self.token_layer)
+
+
+def check_token_layer(layer: object) -> None:
+    """ConfigError unless `layer` could index a text encoder's hidden states (the encoder checks its own depth)."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -1000 <= layer <= 1000:
+        raise ConfigError(f"token_layer: must be an integer layer index (-1 the last, 0 the embedding layer), "
+                          f"got {layer!r}")
 
 
 @dataclass

@@ -88,7 +88,8 @@ class TextToVideo:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # a generator is read once, here
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ConfigError("prompts: need one or more non-empty strings")
-        return self.text_encoder.encode(prompts, tokens=self.card.unet.cross_attn)
+        return self.text_encoder.encode(prompts, tokens=self.card.unet.cross_attn,
+                                        token_layer=self.card.text_encoder.token_layer)
 
     @torch.inference_mode()
     def generate(

@@ -19,7 +19,9 @@ checked before the tokenizer or any weights:
     clip    clip_text_model, clip (its text half)      CLIPTextModel      <|startoftext|> words <|endoftext|>
                                                                                                 words + EOS
 
-Pooling is the masked mean of the last hidden state over the real tokens, the start token excluded:
+Per-token embeddings come from the last hidden state, or from the layer `token_layer` names (0 = the embedding layer:
+a word's vector whatever its neighbours, which is what lets a small model compose attributes it never saw together;
+docs/embed.md). Pooling is the masked mean of the last hidden state over the real tokens, the start token excluded:
 - BERT: [CLS] out, [SEP] in (the reference design's pooling: its mask drops position 0 only); an empty caption is then
   the [SEP] state rather than 0/0.
 - T5 has no start token: every real token, </s> included (an empty caption is the </s> state).
@@ -167,10 +169,21 @@ class TextEncoder:
             self._hash = hash_weights(self._dir)
         return self._hash
 
-    def info(self, tokens: bool = False) -> dict:
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def info(self, tokens: bool = False, token_layer: int = -1) -> dict:
         """The `text_encoder` block of manifests and checkpoint configs."""
+        self._check_layer(token_layer)
         return {"id": self.id, "weights_hash": self.weights_hash, "dim": self.dim, "max_length": self.max_length,
-                "tokens": tokens}
+                "tokens": tokens, "token_layer": token_layer}
+
+    def _check_layer(self, layer: int) -> None:
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n - 1 <= layer <= n:
+            raise TextEncoderError(f"token_layer: {self.id!r} has {n} layers, so 0..{n} or {-n - 1}..-1 "
+                                   f"(0 = the embedding layer, -1 = the last), got {layer!r}")
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids with the family's special tokens, cut explicitly to max_length (the last id stays the end token:
@@ -185,7 +198,11 @@ class TextEncoder:
         return ids, cut
 
     @torch.inference_mode()
-    def encode(self, texts: str | list[str] | tuple[str, ...], tokens: bool = False) -> TextEmbedding:
+    def encode(self, texts: str | list[str] | tuple[str, ...], tokens: bool = False,
+               token_layer: int = -1) -> TextEmbedding:
+        """Pooled embeddings, and with `tokens` per-token ones from hidden state `token_layer` (-1 the last layer,
+        0 the embedding layer: context-free word vectors; see TextEncoderInfo.token_layer)."""
+        self._check_layer(token_layer)
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -206,16 +223,18 @@ class TextEncoder:
         all_mask = torch.zeros(len(ids), width, dtype=torch.bool) if tokens else None
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            hidden, mask = self._forward([ids[i] for i in rows])
+            hidden, per_token, mask = self._forward([ids[i] for i in rows], token_layer if tokens else -1)
             pooled[rows] = masked_mean(hidden, mask, skip_first=self._skip_first)
             if tokens:
                 n = hidden.shape[1]
-                all_tokens[rows, :n] = hidden * mask[..., None]
+                all_tokens[rows, :n] = per_token * mask[..., None]
                 all_mask[rows, :n] = mask
         return TextEmbedding(pooled=pooled, tokens=all_tokens, mask=all_mask, num_truncated=len(cut))
 
-    def _forward(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last hidden state (float32, CPU) and bool attention mask of one padded batch."""
+    def _forward(self, rows: list[list[int]], token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
+        """Last hidden state, hidden state `token_layer` (float32, CPU) and bool attention mask of one padded batch.
+        -1 is the model's last_hidden_state, which for CLIP has the final layer norm that hidden_states[-1] lacks."""
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -223,8 +242,10 @@ class TextEncoder:
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = True
-        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.long().to(self.device))
-        return out.last_hidden_state.float().cpu(), mask
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.long().to(self.device),
+                         output_hidden_states=token_layer != -1)
+        last = out.last_hidden_state.float().cpu()
+        return last, last if token_layer == -1 else out.hidden_states[token_layer].float().cpu(), mask
 
     def __repr__(self) -> str:
         return (f"TextEncoder(id={self.id!r}, family={self.family!r}, dim={self.dim}, max_length={self.max_length}, "
@@ -242,7 +263,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor, skip_first: bool = Tru
 
 
 def describe_text_encoder(id_or_path: str | Path | None = None, max_length: int = 77,
-                          tokens: bool = False) -> dict | None:
+                          tokens: bool = False, token_layer: int = -1) -> dict | None:
     """The `info()` block of the encoder `load_text_encoder(id_or_path, max_length=...)` would give, read from its
     local directory without loading the model (seconds less for a stage that finds its work done). None when only
     loading can tell: a hub id, or a directory loading would reject with its own error."""
@@ -252,12 +273,14 @@ def describe_text_encoder(id_or_path: str | Path | None = None, max_length: int 
     try:
         with _quiet_transformers():
             _, _, config = _inspect(source, True, encoder_id(id_or_path))
-        dim = int(config.hidden_size)
+        dim, layers = int(config.hidden_size), int(config.num_hidden_layers)
         weights_hash = hash_weights(source)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, TextEncoderError):
         return None
+    if not -layers - 1 <= token_layer <= layers:  # loading says why
+        return None
     return {"id": encoder_id(id_or_path), "weights_hash": weights_hash, "dim": dim, "max_length": max_length,
-            "tokens": tokens}
+            "tokens": tokens, "token_layer": token_layer}
 
 
 def _inspect(source: str, is_local: bool, name: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t2v_data.experiment import Paths
-from t2v_model.config import TextEncoderInfo
+from t2v_model.config import TextEncoderInfo, check_token_layer
 from t2v_model.errors import ConfigError
 from t2v_model.schema import build
 
@@ -20,6 +20,9 @@ class EmbedConfig:
     # of a BERT-like, T5 or CLIP text model (docs/embed.md)
     encoder: str | None = None
     tokens: bool = False  # also store per-token embeddings + mask (for cross-attention)
+    # the encoder layer the per-token embeddings come from: -1 the last, 0 the embedding layer (context-free word
+    # vectors: a held-out colour-shape pair is then made of vectors training saw; docs/embed.md)
+    token_layer: int = -1
     # tokens per caption including the start/end tokens ([CLS]/[SEP], </s>, BOS/EOS); longer captions are cut (counted)
     max_length: int = TextEncoderInfo.max_length
     batch_size: int = 64
@@ -30,6 +33,7 @@ class EmbedConfig:
     def validate(self) -> None:
         if self.max_length < 2:
             raise ConfigError(f"max_length: must be >= 2, got {self.max_length}")
+        check_token_layer(self.token_layer)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be positive, got {self.batch_size}")
         if self.dtype != "float32" and not self.device.startswith("cuda"):

@@ -72,7 +72,7 @@ class EmbedSummary:
         return "\n".join([
             f"embedded shards: {self.out_dir}  ({splits}; {self.rejects} rejected)",
             f"text encoder: {self.encoder['id']} ({self.encoder['dim']}-d, weights {self.encoder['weights_hash']}, "
-            f"max_length {self.encoder['max_length']}, tokens {self.encoder['tokens']})",
+            f"max_length {self.encoder['max_length']}, tokens {_tokens(self.encoder)})",
             f"shards: {self.shards_written} written, {self.shards_skipped} already done",
             f"captions: {self.captions} distinct, {self.encoded} encoded ({rate}), {self.cache_hits} from cache, "
             f"{self.truncated} truncated",
@@ -140,7 +140,7 @@ def _encode_missing(encoder: TextEncoder, cache: EmbeddingCache, texts: list[str
     with tqdm(total=len(texts), desc="encoding captions", unit="caption", disable=not progress) as bar:
         for i in range(0, len(texts), cfg.batch_size):
             batch = texts[i : i + cfg.batch_size]
-            out = encoder.encode(batch, tokens=cfg.tokens)
+            out = encoder.encode(batch, tokens=cfg.tokens, token_layer=cfg.token_layer)
             pooled = out.pooled.numpy().astype(np.float16)
             entries = {}
             for j, text in enumerate(batch):
@@ -173,11 +173,12 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
 
     # finished shards are recognised without loading the model (~8 s): it is loaded only when there is work
     if encoder is None:
-        info = describe_text_encoder(cfg.encoder, max_length=cfg.max_length, tokens=cfg.tokens)
+        info = describe_text_encoder(cfg.encoder, max_length=cfg.max_length, tokens=cfg.tokens,
+                                    token_layer=cfg.token_layer)
         if info is None:
             encoder = load()
     if encoder is not None:
-        info = encoder.info(tokens=cfg.tokens)
+        info = encoder.info(tokens=cfg.tokens, token_layer=cfg.token_layer)
 
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: embed.out_dir exists and is not a directory")
@@ -206,8 +207,9 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     parts, pending = partition()
     if pending and encoder is None:
         encoder = load()
-        if encoder.info(tokens=cfg.tokens) != info:  # the description disagreed with the model: the model decides
-            info = encoder.info(tokens=cfg.tokens)
+        loaded = encoder.info(tokens=cfg.tokens, token_layer=cfg.token_layer)
+        if loaded != info:  # the description disagreed with the model: the model decides
+            info = loaded
             parts, pending = partition()
     other = _other_settings(out_dir, info)
     if other and not overwrite:
@@ -226,7 +228,8 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
     cut = {captions[i] for i in encoder.tokenize(captions)[1]} if captions else set()
     summary.truncated = len(cut)
 
-    cache = EmbeddingCache(cfg.cache_dir, f"{info['id']}@{info['weights_hash']}", cfg.max_length, info["dim"])
+    key = f"{info['id']}@{info['weights_hash']}" + (f"#layer{cfg.token_layer}" if cfg.token_layer != -1 else "")
+    cache = EmbeddingCache(cfg.cache_dir, key, cfg.max_length, info["dim"])
     try:
         missing = cache.missing(captions, cfg.tokens)
         summary.encoded = len(missing)
@@ -273,7 +276,12 @@ def _other_settings(out_dir: Path, info: dict[str, Any]) -> dict[str, Any] | Non
 
 def _describe(te: dict[str, Any]) -> str:
     return (f"{te.get('id')} ({te.get('dim')}-d, weights {str(te.get('weights_hash'))[:12]}, max_length "
-            f"{te.get('max_length')}, tokens {te.get('tokens')})")
+            f"{te.get('max_length')}, tokens {_tokens(te)})")
+
+
+def _tokens(te: dict[str, Any]) -> str:
+    layer = te.get("token_layer", -1)
+    return f"{te.get('tokens')}" + (f" from layer {layer}" if te.get("tokens") and layer != -1 else "")
 
 
 def _clear(out_dir: Path) -> None:

@@ -163,6 +163,7 @@ class Experiment:
     data_dir: Path
     out_dir: Path
     raw: dict[str, Any]  # the whole YAML (other stages' sections unparsed)
+    encoder_token_layer: int = -1  # and the layer its caption tokens come from (embed.token_layer)
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
@@ -177,4 +178,5 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     encoder_id = embed.get("encoder") or PACKAGED_ID
     max_length = embed.get("max_length", TextEncoderInfo.max_length)
     paths = Paths(raw)
-    return Experiment(name, seed, model, train, evaluate, encoder_id, max_length, paths.train_data, paths.run, raw)
+    return Experiment(name, seed, model, train, evaluate, encoder_id, max_length, paths.train_data, paths.run, raw,
+                      encoder_token_layer=embed.get("token_layer", -1))

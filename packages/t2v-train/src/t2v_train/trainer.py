@@ -131,7 +131,8 @@ class Trainer:
                             f"pipelines/prepare.py, then pipelines/embed.py, with this config")
         self.manifest = Manifest.read(exp.data_dir)
         unet = exp.model.unet
-        mismatch = self.manifest.encoder_mismatch(exp.encoder_id, unet.cond_dim, exp.encoder_max_length)
+        mismatch = self.manifest.encoder_mismatch(exp.encoder_id, unet.cond_dim, exp.encoder_max_length,
+                                                  exp.encoder_token_layer if unet.cross_attn else None)
         if mismatch:
             raise DataError(mismatch)
         self.encoder = self.manifest.text_encoder
@@ -234,10 +235,11 @@ class Trainer:
             raise TrainingError(f"{path}: was trained with a different model config; use another name / "
                                 f"train.out_dir, or --fresh (train.resume=never) to move this run aside and start over")
         old, now = state.get("encoder") or {}, to_dict(self.encoder)
-        keys = ("id", "weights_hash", "dim")
+        keys = ("id", "weights_hash", "dim", "token_layer")
         if old and any(old.get(k) != now.get(k) for k in keys):
             def name(e):
-                return f"{e.get('id')} (weights {str(e.get('weights_hash'))[:12]}, dim {e.get('dim')})"
+                return (f"{e.get('id')} (weights {str(e.get('weights_hash'))[:12]}, dim {e.get('dim')}, token layer "
+                        f"{e.get('token_layer')})")
             raise TrainingError(f"{path}: was trained on captions embedded by {name(old)}, but the shards in "
                                 f"{self.exp.data_dir} were embedded by {name(now)}; embed with the first, "
                                 f"or --fresh (train.resume=never) to start over")
