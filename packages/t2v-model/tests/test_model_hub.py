@@ -21,7 +21,7 @@ DIM = 16
 class StubEncoder:
     id, dim = "stub", DIM
 
-    def encode(self, texts, tokens=False):
+    def encode(self, texts, tokens=False, token_layer=-1):
         rows = [torch.randn(DIM, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
         return SimpleNamespace(pooled=torch.stack(rows), tokens=None, mask=None)
 

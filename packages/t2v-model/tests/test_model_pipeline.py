@@ -24,7 +24,7 @@ class StubEncoder:
     def __init__(self):
         self.calls = 0
 
-    def encode(self, texts, tokens=False):
+    def encode(self, texts, tokens=False, token_layer=-1):
         self.calls += 1
         rows = [torch.randn(DIM, generator=torch.Generator().manual_seed(zlib.crc32(t.encode()))) for t in texts]
         return SimpleNamespace(pooled=torch.stack(rows), tokens=None, mask=None)
