@@ -181,7 +181,7 @@ class TextEncoder:
 
     def _check_layer(self, layer: int) -> None:
         n = self.num_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n - 1 <= layer <= n:
+        if not _has_layer(n, layer):
             raise TextEncoderError(f"token_layer: {self.id!r} has {n} layers, so 0..{n} or {-n - 1}..-1 "
                                    f"(0 = the embedding layer, -1 = the last), got {layer!r}")
 
@@ -262,6 +262,11 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor, skip_first: bool = Tru
     return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
+def _has_layer(num_layers: int, layer: object) -> bool:
+    """Whether `layer` indexes the num_layers + 1 hidden states (the embedding layer first)."""
+    return not isinstance(layer, bool) and isinstance(layer, int) and -num_layers - 1 <= layer <= num_layers
+
+
 def describe_text_encoder(id_or_path: str | Path | None = None, max_length: int = 77,
                           tokens: bool = False, token_layer: int = -1) -> dict | None:
     """The `info()` block of the encoder `load_text_encoder(id_or_path, max_length=...)` would give, read from its
@@ -277,7 +282,7 @@ def describe_text_encoder(id_or_path: str | Path | None = None, max_length: int 
         weights_hash = hash_weights(source)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, TextEncoderError):
         return None
-    if not -layers - 1 <= token_layer <= layers:  # loading says why
+    if not _has_layer(layers, token_layer):  # loading says why
         return None
     return {"id": encoder_id(id_or_path), "weights_hash": weights_hash, "dim": dim, "max_length": max_length,
             "tokens": tokens, "token_layer": token_layer}

@@ -22,7 +22,7 @@ class EmbedConfig:
     tokens: bool = False  # also store per-token embeddings + mask (for cross-attention)
     # the encoder layer the per-token embeddings come from: -1 the last, 0 the embedding layer (context-free word
     # vectors: a held-out colour-shape pair is then made of vectors training saw; docs/embed.md)
-    token_layer: int = -1
+    token_layer: int = TextEncoderInfo.token_layer
     # tokens per caption including the start/end tokens ([CLS]/[SEP], </s>, BOS/EOS); longer captions are cut (counted)
     max_length: int = TextEncoderInfo.max_length
     batch_size: int = 64

@@ -179,4 +179,4 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     max_length = embed.get("max_length", TextEncoderInfo.max_length)
     paths = Paths(raw)
     return Experiment(name, seed, model, train, evaluate, encoder_id, max_length, paths.train_data, paths.run, raw,
-                      encoder_token_layer=embed.get("token_layer", -1))
+                      encoder_token_layer=embed.get("token_layer", TextEncoderInfo.token_layer))
