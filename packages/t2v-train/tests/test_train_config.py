@@ -63,6 +63,10 @@ def test_bad_model_values_name_the_key(shards, tiny_raw, tmp_path):
     with pytest.raises(ConfigError, match=r"^model\.unet\.dim: must be"):
         load_experiment(None, raw=raw)
     raw = tiny_raw(shards, tmp_path)
+    raw["embed"] = {"token_layer": "last"}
+    with pytest.raises(ConfigError, match=r"^embed\.token_layer: must be an integer layer index"):
+        load_experiment(None, raw=raw)
+    raw = tiny_raw(shards, tmp_path)
     raw["evaluate"] = {"stepz": 3}
     with pytest.raises(ConfigError, match=r"^evaluate\.stepz: unknown key"):
         load_experiment(None, raw=raw)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from t2v_data.experiment import Paths, load_yaml, name_of, seed_of
-from t2v_model.config import DiffusionConfig, TextEncoderInfo, UnetConfig
+from t2v_model.config import DiffusionConfig, TextEncoderInfo, UnetConfig, check_token_layer
 from t2v_model.errors import ConfigError
 from t2v_model.schema import build
 from t2v_model.text_encoder import PACKAGED_ID
@@ -177,6 +177,11 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     embed = raw.get("embed") or {}
     encoder_id = embed.get("encoder") or PACKAGED_ID
     max_length = embed.get("max_length", TextEncoderInfo.max_length)
+    token_layer = embed.get("token_layer", TextEncoderInfo.token_layer)
+    try:
+        check_token_layer(token_layer)
+    except ConfigError as e:
+        raise ConfigError(f"embed.{e}") from None
     paths = Paths(raw)
     return Experiment(name, seed, model, train, evaluate, encoder_id, max_length, paths.train_data, paths.run, raw,
-                      encoder_token_layer=embed.get("token_layer", TextEncoderInfo.token_layer))
+                      encoder_token_layer=token_layer)
