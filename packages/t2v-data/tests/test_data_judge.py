@@ -75,9 +75,8 @@ def test_judge_restricted_space_and_empty_video():
 
 def test_judge_is_exact_on_every_quickstart_combination():
     """Every attribute combination of configs/quickstart.yaml (4 shapes x 7 colours x 4 directions), 4 placements
-    each, judged within the config's space as evaluation does: 100 % on colour and motion; shape ~99.9 % (a
-    square whose half-peak mask has rounded corners can read as a circle: 1 of these 448 clips, 1 of 5600 in a
-    larger sample), so a generated model's shape accuracy carries a small judge error of its own."""
+    each, judged within the config's space as evaluation does: 100 % on colour, motion and shape (voting over three
+    frames read 1 of these 448 squares as a circle; every frame reads all of 5600 right)."""
     from pathlib import Path
 
     from t2v_data.experiment import load_yaml
@@ -94,5 +93,20 @@ def test_judge_is_exact_on_every_quickstart_combination():
             video, attrs = render_attributes(combo, cfg, np.random.default_rng([11, i, r]))
             j = judge_video(video, attrs["background_rgb"], colors=sc.colors, motions=sc.motions, shapes=sc.shapes)
             misses += [(combo["shape"], k, getattr(j, k)) for k, ok in judge_matches(attrs, j).items() if not ok]
-    assert not [m for m in misses if m[1] != "shape"], misses
-    assert len(misses) <= 0.01 * 4 * len(combos) and all(m[0] == "square" for m in misses), misses
+    assert not misses, misses
+
+
+def test_judge_reads_slightly_blurred_shapes():
+    """Generated videos are softer than renders; a vote over every frame keeps shape readable at 0.75 px of blur
+    (over three frames: 96.7% of 600 such clips)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    from shape_diagnosis import blur
+
+    space = {"shapes": ["circle", "square", "triangle", "star"], "motions": ["left", "right", "up", "down"],
+             "colors": ["red", "green", "blue", "yellow", "cyan", "magenta", "white"]}
+    samples = clips(200, seed=7, shapes={**space, "speeds": {"fast": 0.5}, "sizes": {"large": 0.4}})
+    read = [judge_video(blur(v, 0.75), **space).shape == a["shape"] for v, _, a in samples]
+    assert np.mean(read) >= 0.99
