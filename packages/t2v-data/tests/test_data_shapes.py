@@ -1,9 +1,11 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from t2v_data.palette import COLORS
 from t2v_data.prepare_config import prepare_config
-from t2v_data.shapes import ShapesGenerator, heldout_prompts, is_held_out
+from t2v_data.shapes import ShapesGenerator, all_combos, heldout_prompts, is_drawable, is_held_out
 
 
 def gen(seed=0, **data):
@@ -59,6 +61,25 @@ def test_holdout_never_generated_and_used_for_prompts():
     assert p["attributes"]["color"] in p["caption"] and p["attributes"]["color_rgb"] == list(
         COLORS[p["attributes"]["color"]]
     )
+
+
+def test_heldout_prompts_cover_every_combination_evenly():
+    holdout = [{"color": "red", "shape": "star"}, {"shape": "triangle", "motion": "down"}]
+    cfg = prepare_config({"shapes": {"holdout": holdout, "speeds": {"fast": 0.5}, "sizes": {"large": 0.4},
+                                     "backgrounds": ["black"]}})
+    pool = {tuple(sorted((k, v) for k, v in c.items() if k in ("shape", "color", "motion")))
+            for c in all_combos(cfg.shapes) if is_drawable(c) and is_held_out(c, cfg.shapes)}
+
+    def counts(n):
+        keys = [tuple(sorted((k, p["attributes"][k]) for k in ("shape", "color", "motion")))
+                for p in heldout_prompts(cfg, n, seed=3)]
+        assert set(keys) <= pool
+        return Counter(keys)
+
+    few = counts(len(pool) - 1)
+    assert len(few) == len(pool) - 1 and set(few.values()) == {1}  # no repeats while the pool lasts
+    many = counts(2 * len(pool) + 5)
+    assert set(many) == pool and sorted(set(many.values())) == [2, 3] and sum(v == 3 for v in many.values()) == 5
 
 
 def test_prompts_from_full_space_without_holdout():
