@@ -95,3 +95,18 @@ def test_weights_that_do_not_fit_the_card_are_refused_before_loading(tmp_path):
     with pytest.raises(CheckpointError, match=r"model.safetensors: shape mismatch for .*: file \(8,\) vs config "
                                               r"\(1024,\)"):
         load_pretrained(ckpt)
+
+
+def test_per_level_blocks_and_patches_round_trip_through_the_card(tmp_path):
+    torch.manual_seed(0)
+    model = Unet3D(UnetConfig(dim=8, dim_mults=(1, 2), cond_dim=16, attn_heads=2, attn_dim_head=8,
+                              num_res_blocks=(1, 3), patch_size=2)).eval()
+    card = ModelCard(diffusion=DiffusionConfig(timesteps=100), text_encoder=TextEncoderInfo(id="stub", dim=16),
+                     data=DataGeometry(frames=3, height=8, width=10, fps=4))
+    ckpt = save_pretrained(tmp_path / "ckpt", model, card)
+    assert json.loads((ckpt / "config.json").read_text())["unet"]["num_res_blocks"] == [1, 3]
+    loaded, loaded_card = load_pretrained(ckpt)
+    assert loaded_card.unet.num_res_blocks == (1, 3) and loaded_card.unet.patch_size == 2
+    x, t, text = torch.randn(1, 3, 3, 8, 10), torch.tensor([7]), torch.randn(1, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, text), model(x, t, text))

@@ -34,9 +34,10 @@ def tiny(**kw) -> Unet3D:
     return Unet3D(UnetConfig(**cfg))
 
 
+@pytest.mark.parametrize("patch_size", [1, 2])
 @pytest.mark.parametrize("frames,height,width", [(1, 8, 8), (3, 9, 11), (7, 16, 12), (4, 5, 3)])
-def test_output_shape_matches_input_for_odd_frames_and_sizes(frames, height, width):
-    model = tiny()
+def test_output_shape_matches_input_for_odd_frames_and_sizes(frames, height, width, patch_size):
+    model = tiny(patch_size=patch_size)
     x = torch.randn(2, 3, frames, height, width)
     out = model(x, torch.tensor([0, 999]), torch.randn(2, 16))
     assert out.shape == x.shape
@@ -218,8 +219,10 @@ def test_relative_position_bias_is_translation_invariant():
     assert not torch.equal(bias[:, 0, 1], bias[:, 1, 0])  # direction matters
 
 
-def test_tiny_unet_overfits_one_batch():
-    model = tiny(dim_mults=(1, 2))
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_tiny_unet_overfits_one_batch(patch_size):
+    # patch_size 2: the target differs pixel by pixel inside every 2x2 patch, which the unfolded output must resolve
+    model = tiny(dim_mults=(1, 2), patch_size=patch_size, dim=8 * patch_size)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 4, 8, 8, generator=g)
     t = torch.tensor([50, 700])
@@ -244,6 +247,12 @@ def test_config_validation_names_the_key():
         Unet3D(UnetConfig(dim=12, resnet_groups=8))
     with pytest.raises(ConfigError, match="init_kernel_size"):
         Unet3D(UnetConfig(init_kernel_size=4))
+    with pytest.raises(ConfigError, match="patch_size"):
+        UnetConfig(patch_size=0).validate()
+    with pytest.raises(ConfigError, match=r"num_res_blocks: .* one per level \(4\), got \(1, 2\)"):
+        UnetConfig(num_res_blocks=(1, 2)).validate()
+    with pytest.raises(ConfigError, match="num_res_blocks"):
+        UnetConfig(num_res_blocks=0).validate()
     model = tiny()
     with pytest.raises(ValueError, match="text embedding"):
         model(torch.randn(1, 3, 2, 8, 8), torch.tensor([1]), torch.randn(1, 17))
@@ -278,6 +287,33 @@ def test_coord_input_gives_position_to_a_constant_input():
     out = tiny(coord_input=True)(x, t, text)
     assert not torch.allclose(out[:, :, 0], out[:, :, 2], atol=1e-4)
     assert tiny(coord_input=True).init_conv.in_channels == 6
+    assert tiny(coord_input=True, patch_size=2).init_conv.in_channels == 3 * 4 + 3
+
+
+def test_num_res_blocks_per_level_sets_each_levels_blocks_down_and_up():
+    model = tiny(num_res_blocks=(1, 3, 2))
+    assert [level.num_blocks for level in model.downs] == [1, 3, 2]
+    assert [level.num_blocks for level in model.ups] == [2, 3, 1]  # the up path mirrors the down path
+    keys = model.state_dict().keys()
+    assert any(k.startswith("downs.1.block3.") for k in keys) and not any(k.startswith("downs.0.block2.") for k in keys)
+    assert tiny(num_res_blocks=2).state_dict().keys() == tiny().state_dict().keys()
+    x = torch.randn(1, 3, 2, 8, 8)
+    assert model(x, torch.tensor([10]), torch.randn(1, 16)).shape == x.shape
+
+
+def test_patch_size_runs_the_unet_at_a_fraction_of_the_resolution():
+    # 2x2 patches folded into channels: the first convolution sees (B*T, 3*4 [+3], H/2, W/2), the output is unfolded
+    # back to full resolution with pixels inside a patch free to differ (not an upsampled half-resolution video)
+    model = tiny(patch_size=2, coord_input=True)
+    seen = []
+    model.init_conv.register_forward_hook(lambda m, args, out: seen.append((tuple(args[0].shape), tuple(out.shape))))
+    x, t, text = torch.randn(1, 3, 2, 10, 14), torch.tensor([500]), torch.randn(1, 16)
+    out = model(x, t, text)
+    # 10x14 is padded to the spatial multiple (2 * 2**2 = 8): 16x16, then folded to 8x8
+    assert model.config.spatial_multiple == 8
+    assert seen == [((2, 15, 8, 8), (2, 8, 8, 8))]
+    assert out.shape == x.shape
+    assert not torch.allclose(out[..., 0:8:2, 0:8:2], out[..., 1:8:2, 1:8:2], atol=1e-3)
 
 
 def reference_linear_attention(layer: SpatialLinearAttention, x):

@@ -39,11 +39,18 @@ class UnetConfig:
     # Levels below this index (0 = full resolution) have no attention, only convolutions: at 32 px the full-resolution
     # temporal and cross-attention are ~40% of a train step (docs/model.md, "Unet3D"). The middle always attends.
     attn_from_level: int = 0
+    # ResnetBlocks per level, down (the up path mirrors it): one number for every level or a list, one per level
+    # (diffusers' layers_per_block).
+    num_res_blocks: int | tuple[int, ...] = 2
+    # Each p x p patch of pixels folded into channels before the first convolution and unfolded after the last
+    # (space-to-depth, as in Hoogeboom et al. 2023, "simple diffusion"): the U-Net runs at H/p x W/p. For large
+    # videos; at the quickstart's 32 px it loses the edges that tell shapes apart (docs/model.md, "Why shapes lag").
+    patch_size: int = 1
     resnet_groups: int = 8
     rel_pos_max_distance: int = 32
 
     def validate(self) -> None:
-        _positive(self, "dim", "channels", "cond_dim", "attn_heads", "attn_dim_head", "resnet_groups")
+        _positive(self, "dim", "channels", "cond_dim", "attn_heads", "attn_dim_head", "resnet_groups", "patch_size")
         if self.attn_dim_head < 32 and self.attn_dim_head % 2:  # rotary turns channel pairs, on min(32, dh) of them
             raise ConfigError(f"attn_dim_head: must be even when below 32, got {self.attn_dim_head}")
         if self.init_kernel_size < 1 or self.init_kernel_size % 2 == 0:
@@ -55,12 +62,16 @@ class UnetConfig:
                 raise ConfigError(
                     f"resnet_groups: {self.resnet_groups} must divide every level width (dim*mult = {self.dim * m})"
                 )
-        for name, bound in (("channels", 64), ("attn_heads", 256), ("attn_dim_head", 1024), ("init_kernel_size", 31),
-                            ("rel_pos_max_distance", 4096), ("cond_dim", 16384)):
+        for name, bound in (("channels", 64), ("patch_size", 8), ("attn_heads", 256), ("attn_dim_head", 1024),
+                            ("init_kernel_size", 31), ("rel_pos_max_distance", 4096), ("cond_dim", 16384)):
             if getattr(self, name) > bound:
                 raise ConfigError(f"{name}: at most {bound}, got {getattr(self, name)}")
         if len(self.dim_mults) > 8:
             raise ConfigError(f"dim_mults: at most 8 levels, got {len(self.dim_mults)}")
+        blocks = self.res_blocks_per_level
+        if len(blocks) != len(self.dim_mults) or not all(isinstance(n, int) and 1 <= n <= 8 for n in blocks):
+            raise ConfigError(f"num_res_blocks: must be an int in [1, 8] or a list of them, one per level "
+                              f"({len(self.dim_mults)}), got {self.num_res_blocks!r}")
         level = self.attn_from_level
         if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < len(self.dim_mults):
             raise ConfigError(f"attn_from_level: must be a level index in [0, {len(self.dim_mults) - 1}], "
@@ -75,16 +86,23 @@ class UnetConfig:
         widths = [self.dim * m for m in self.dim_mults]
         inner = self.attn_heads * self.attn_dim_head
         total, prev = 0, self.dim
-        for w in widths:  # down: 2 ResnetBlocks (2 convs each, FiLM) and attention; up mirrors it at twice the input
-            convs = 9 * (prev * w + w * w) + 9 * 2 * w * w + 9 * (3 * w * w + w * w)
+        for w, n in zip(widths, self.res_blocks_per_level):
+            # down: 2 ResnetBlocks (2 convs each, FiLM) and attention; up mirrors it at twice the input; n per level
+            convs = (9 * (prev * w + w * w) + 9 * 2 * w * w + 9 * (3 * w * w + w * w)) * n / 2
             total += convs + 8 * w * inner + 6 * w * (self.cond_dim + self.dim * 4)
             prev = w
         return int(total + 36 * widths[-1] ** 2)  # the middle: two ResnetBlocks at the widest level
 
     @property
+    def res_blocks_per_level(self) -> tuple[int, ...]:
+        n = self.num_res_blocks
+        return (n,) * len(self.dim_mults) if isinstance(n, int) and not isinstance(n, bool) else tuple(n)
+
+    @property
     def spatial_multiple(self) -> int:
-        """Height and width are padded internally to a multiple of this (one halving per level but the last)."""
-        return 2 ** (len(self.dim_mults) - 1)
+        """Height and width are padded internally to a multiple of this (the patch, then one halving per level but
+        the last)."""
+        return self.patch_size * 2 ** (len(self.dim_mults) - 1)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Layout: the public interface takes videos as `(B, C, T, H, W)`; inside, frames are folded into the batch,
 `(B*T, C, H, W)`, so convolutions, norms and spatial attention are fast 2D ops and only temporal attention mixes frames.
-Frames are never down-sampled; height/width are padded to a multiple of 2**(levels-1) and cropped back, so any size works.
+Frames are never down-sampled; height/width are padded to a multiple of `patch_size * 2**(levels-1)` and cropped back,
+so any size works.
 """
 
 from __future__ import annotations
@@ -91,13 +92,16 @@ class ResnetBlock(nn.Module):
 
 
 class Level(nn.Module):
-    """One U-Net level: 2 ResnetBlocks, then (with `attend`) spatial (linear) attention, optional cross-attention
-    and temporal attention."""
+    """One U-Net level: `blocks` ResnetBlocks (block1, block2, ...), then (with `attend`) spatial (linear) attention,
+    optional cross-attention and temporal attention."""
 
-    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, film_dim: int, attend: bool = True):
+    def __init__(self, dim_in: int, dim_out: int, cfg: UnetConfig, film_dim: int, attend: bool = True,
+                 blocks: int = 2):
         super().__init__()
-        self.block1 = ResnetBlock(dim_in, dim_out, film_dim, cfg.resnet_groups)
-        self.block2 = ResnetBlock(dim_out, dim_out, film_dim, cfg.resnet_groups)
+        self.num_blocks = blocks
+        for i in range(blocks):
+            self.add_module(f"block{i + 1}", ResnetBlock(dim_in if i == 0 else dim_out, dim_out, film_dim,
+                                                         cfg.resnet_groups))
         heads, dh = cfg.attn_heads, cfg.attn_dim_head
         linear = attend and cfg.use_sparse_linear_attn
         self.spatial_attn = SpatialLinearAttention(dim_out, heads, dh) if linear else None
@@ -105,8 +109,8 @@ class Level(nn.Module):
         self.temporal_attn = TemporalAttention(dim_out, heads, dh) if attend else None
 
     def forward(self, x, cond, frames, pos_bias, cis, tokens=None, token_mask=None):
-        x = self.block1(x, cond)
-        x = self.block2(x, cond)
+        for i in range(self.num_blocks):
+            x = getattr(self, f"block{i + 1}")(x, cond)
         if self.spatial_attn is not None:
             x = self.spatial_attn(x)
         if self.cross_attn is not None:
@@ -125,7 +129,7 @@ class Unet3D(nn.Module):
         dim, heads, dh = cfg.dim, cfg.attn_heads, cfg.attn_dim_head
 
         self.time_rel_pos_bias = RelativePositionBias(heads, max_distance=cfg.rel_pos_max_distance)
-        in_channels = cfg.channels + (3 if cfg.coord_input else 0)  # + (frame, y, x) channels
+        in_channels = cfg.channels * cfg.patch_size**2 + (3 if cfg.coord_input else 0)  # + (frame, y, x) channels
         self.init_conv = nn.Conv2d(in_channels, dim, cfg.init_kernel_size, padding=cfg.init_kernel_size // 2)
         self.init_temporal_attn = TemporalAttention(dim, heads, dh) if cfg.attn_from_level == 0 else None
 
@@ -150,7 +154,8 @@ class Unet3D(nn.Module):
         self.downsamples = nn.ModuleList()
         for level, (d_in, d_out) in enumerate(in_out):
             last = level == len(in_out) - 1
-            self.downs.append(Level(d_in, d_out, cfg, film_dim, attend=level >= cfg.attn_from_level))
+            self.downs.append(Level(d_in, d_out, cfg, film_dim, attend=level >= cfg.attn_from_level,
+                                    blocks=cfg.res_blocks_per_level[level]))
             self.downsamples.append(nn.Identity() if last else nn.Conv2d(d_out, d_out, 4, stride=2, padding=1))
 
         mid = dims[-1]
@@ -163,12 +168,13 @@ class Unet3D(nn.Module):
         self.ups = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for level, (d_in, d_out) in reversed(list(enumerate(in_out))):  # level 0 (full resolution) last
-            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim, attend=level >= cfg.attn_from_level))
+            self.ups.append(Level(d_out * 2, d_in, cfg, film_dim, attend=level >= cfg.attn_from_level,
+                                  blocks=cfg.res_blocks_per_level[level]))
             up = nn.Identity() if level == 0 else nn.ConvTranspose2d(d_in, d_in, 4, stride=2, padding=1)
             self.upsamples.append(up)
 
         self.final_block = ResnetBlock(dim * 2, dim, None, cfg.resnet_groups)
-        self.final_conv = nn.Conv2d(dim, cfg.channels, 1)
+        self.final_conv = nn.Conv2d(dim, cfg.channels * cfg.patch_size**2, 1)
         # recompute each level's activations in the backward pass instead of storing them: less memory, ~30% more
         # compute. A training setting (train.gradient_checkpointing), not part of the architecture
         self.gradient_checkpointing = False
@@ -224,6 +230,8 @@ class Unet3D(nn.Module):
         pad_h, pad_w = (-height) % m, (-width) % m
         if pad_h or pad_w:
             h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
+        if cfg.patch_size > 1:
+            h = F.pixel_unshuffle(h, cfg.patch_size)
         if cfg.coord_input:
             h = torch.cat((h, coordinate_channels(b, frames, h.shape[-2], h.shape[-1], h.device, h.dtype)), dim=1)
         h = h.contiguous(memory_format=torch.channels_last)  # ~1.4x faster convolutions on CPU (oneDNN)
@@ -254,6 +262,8 @@ class Unet3D(nn.Module):
             h = up(h)
 
         h = self.final_conv(self.final_block(torch.cat((h, r), dim=1)))
+        if cfg.patch_size > 1:
+            h = F.pixel_shuffle(h, cfg.patch_size)
         h = h[:, :, :height, :width]
         return h.reshape(b, frames, c, height, width).transpose(1, 2)
 
