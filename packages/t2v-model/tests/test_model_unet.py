@@ -253,6 +253,8 @@ def test_config_validation_names_the_key():
         UnetConfig(num_res_blocks=(1, 2)).validate()
     with pytest.raises(ConfigError, match="num_res_blocks"):
         UnetConfig(num_res_blocks=0).validate()
+    with pytest.raises(ConfigError, match="num_res_blocks: .* got True"):
+        UnetConfig(num_res_blocks=True).validate()
     model = tiny()
     with pytest.raises(ValueError, match="text embedding"):
         model(torch.randn(1, 3, 2, 8, 8), torch.tensor([1]), torch.randn(1, 17))

@@ -69,7 +69,8 @@ class UnetConfig:
         if len(self.dim_mults) > 8:
             raise ConfigError(f"dim_mults: at most 8 levels, got {len(self.dim_mults)}")
         blocks = self.res_blocks_per_level
-        if len(blocks) != len(self.dim_mults) or not all(isinstance(n, int) and 1 <= n <= 8 for n in blocks):
+        counts = all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 8 for n in blocks)
+        if len(blocks) != len(self.dim_mults) or not counts:
             raise ConfigError(f"num_res_blocks: must be an int in [1, 8] or a list of them, one per level "
                               f"({len(self.dim_mults)}), got {self.num_res_blocks!r}")
         level = self.attn_from_level
@@ -96,7 +97,7 @@ class UnetConfig:
     @property
     def res_blocks_per_level(self) -> tuple[int, ...]:
         n = self.num_res_blocks
-        return (n,) * len(self.dim_mults) if isinstance(n, int) and not isinstance(n, bool) else tuple(n)
+        return (n,) * len(self.dim_mults) if isinstance(n, int) else tuple(n)
 
     @property
     def spatial_multiple(self) -> int:
