@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from t2v_model.errors import ConfigError, DataError, TrainingError
 from t2v_train import load_experiment, train
@@ -28,6 +29,7 @@ import train as train_cli  # noqa: E402
     ("prior_fraction", 2, "train.prior_fraction: must be in"),
     ("null_cond_prob", 1.0, "train.null_cond_prob: must be in"),
     ("min_snr_gamma", -1, "train.min_snr_gamma: must be positive"),
+    ("half_res_steps", -1, "train.half_res_steps: must be >= 0"),
     ("loss", "huber", "train.loss: must be one of"),
     ("sample_sampler", "euler", "train.sample_sampler: must be one of 'ddim', 'ddpm', 'dpm\\+\\+', got 'euler'"),
 ])
@@ -130,6 +132,20 @@ def test_prior_fraction_anneals_linearly_to_its_end_value():
     assert prior_fraction_at(50, 0.5, 0.1, 101) == pytest.approx(0.3)
     assert prior_fraction_at(100, 0.5, 0.1, 101) == pytest.approx(0.1)
     assert prior_fraction_at(70, 0.5, None, 101) == 0.5
+
+
+def test_half_res_steps_train_on_half_size_clips_first(make_experiment, monkeypatch):
+    import t2v_model.unet as unet
+    sizes, forward = [], unet.Unet3D.forward
+
+    def recording(self, x, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps, not the final sample
+            sizes.append(tuple(x.shape[-2:]))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(unet.Unet3D, "forward", recording)
+    train(make_experiment(steps=5, half_res_steps=3, checkpoint_every=5), progress=False)
+    assert sizes == [(4, 4)] * 3 + [(8, 8)] * 2
 
 
 def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_raw, tmp_path):

@@ -83,6 +83,10 @@ class TrainConfig:
     # anneal prior_fraction linearly to this value by the last step (null = constant): the direction of motion is
     # learned from the high-noise samples early, the shapes' detail from the uniform ones later
     prior_fraction_end: float | None = None
+    # the first this many steps train on clips average-pooled to half the height and width: a ~3x cheaper step that
+    # learns colour, layout and motion, leaving the full-size steps for the shapes' detail (low-resolution
+    # pretraining, as Stable Diffusion's 256 -> 512; docs/model.md, "Half-size steps first")
+    half_res_steps: int = 0
 
     def validate(self) -> None:
         check_device(self.device)
@@ -91,7 +95,7 @@ class TrainConfig:
                     "log_every", "val_batches", "sample_count", "sample_steps", "shuffle_buffer"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "ema_start", "num_workers", "val_every", "sample_every"):
+        for key in ("warmup_steps", "ema_start", "num_workers", "val_every", "sample_every", "half_res_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if not self.lr > 0:

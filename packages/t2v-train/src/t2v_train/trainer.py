@@ -289,7 +289,8 @@ class Trainer:
         if d.is_main and self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.exp.name}", unit="step")
+            half = f" (half size to step {cfg.half_res_steps})" if self.step < cfg.half_res_steps else ""
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.exp.name}{half}", unit="step")
         stop = StopRequest()
         try:  # the bar and the log are closed also on Ctrl-C or an error, before the CLI prints its line
             with stop:
@@ -332,6 +333,8 @@ class Trainer:
                 loss_sum, loss_count = 0.0, 0
             if bar is not None:
                 bar.update(1)
+                if self.step == cfg.half_res_steps:  # full-size steps from here: the bar's rate drops ~3x
+                    bar.set_description(f"train {self.exp.name}")
             final = self.step == cfg.steps
             if self.step % cfg.checkpoint_every == 0 or final:
                 self.save()
@@ -374,6 +377,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = next(batches)
             x0, cond = to_model_input(batch["video"], dev), text_inputs(batch, dev)
+            if self.step < cfg.half_res_steps:
+                x0 = torch.nn.functional.avg_pool3d(x0, (1, 2, 2))
             # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
             drop = torch.rand(len(x0), device=dev, generator=self.generator) < cfg.null_cond_prob
             sync = micro == cfg.grad_accum - 1 or not self.d.enabled
