@@ -221,6 +221,36 @@ def test_min_snr_weights_and_loss():
     assert weighted.item() == pytest.approx(w.mean().item())
 
 
+def test_snr_scale_sees_the_full_size_noisy_clip_average_pooled():
+    """A half-size clip trained with snr_scale 4 sees at t exactly the 2x2 average of the full-size x_t (rescaled to
+    unit variance), and its v target is that x_t's v (eps and x_0 weighted by its coefficients)."""
+    d = GaussianDiffusion(DiffusionConfig(prediction="v"))
+    g = torch.Generator().manual_seed(5)
+    half = torch.rand(3, 3, 2, 4, 4, generator=g) * 2 - 1
+    full = half.repeat_interleave(2, -1).repeat_interleave(2, -2)  # 2x2 blocks: pooling recovers `half` exactly
+    eps_full = torch.randn(full.shape, generator=g)
+    pool = torch.nn.functional.avg_pool3d
+    eps_half = 2 * pool(eps_full, (1, 2, 2))  # unit variance again
+    t = torch.tensor([10, 500, 980])
+    abar = d._get("alphas_cumprod", t.device)[t].reshape(-1, 1, 1, 1, 1)
+    norm = (abar + (1 - abar) / 4).sqrt()  # std of the pooled x_t at unit-variance data
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, text, tokens=None, token_mask=None, drop_text=None):
+            seen["xt"] = x
+            return torch.zeros_like(x)
+
+    loss = d.training_loss(Spy(), half, None, t=t, noise=eps_half, snr_scale=4.0, reduce=False)
+    pooled_xt = pool(d.q_sample(full, t, eps_full), (1, 2, 2)) / norm
+    assert torch.allclose(seen["xt"], pooled_xt, atol=1e-5)
+    a, sigma = abar.sqrt() / norm, (1 - abar).sqrt() / 2 / norm  # that x_t's coefficients, a^2 + sigma^2 = 1
+    v = a * eps_half - sigma * half
+    assert torch.allclose(loss, v.square().flatten(1).mean(1), atol=1e-5)
+    assert torch.allclose(d.training_loss(Spy(), half, None, t=t, noise=eps_half, snr_scale=1.0, reduce=False),
+                          d.v_target(half, t, eps_half).square().flatten(1).mean(1))
+
+
 def test_dynamic_thresholding():
     d = GaussianDiffusion(DiffusionConfig(dynamic_threshold=0.9))
     x = torch.linspace(-3, 3, 101).reshape(1, -1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from t2v_model.diffusion import GaussianDiffusion
 from t2v_model.errors import ConfigError, DataError, TrainingError
 from t2v_train import load_experiment, train
 from t2v_train.trainer import lr_at, prior_fraction_at
@@ -30,6 +31,7 @@ import train as train_cli  # noqa: E402
     ("null_cond_prob", 1.0, "train.null_cond_prob: must be in"),
     ("min_snr_gamma", -1, "train.min_snr_gamma: must be positive"),
     ("half_res_steps", -1, "train.half_res_steps: must be >= 0"),
+    ("half_res_snr_scale", 0, "train.half_res_snr_scale: must be positive"),
     ("loss", "huber", "train.loss: must be one of"),
     ("sample_sampler", "euler", "train.sample_sampler: must be one of 'ddim', 'ddpm', 'dpm\\+\\+', got 'euler'"),
 ])
@@ -144,8 +146,20 @@ def test_half_res_steps_train_on_half_size_clips_first(make_experiment, monkeypa
         return forward(self, x, *args, **kwargs)
 
     monkeypatch.setattr(unet.Unet3D, "forward", recording)
+    scales, loss = [], GaussianDiffusion.training_loss
+
+    def spy(self, *args, **kwargs):
+        scales.append(kwargs["snr_scale"])
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", spy)
     train(make_experiment(steps=5, half_res_steps=3, checkpoint_every=5), progress=False)
     assert sizes == [(4, 4)] * 3 + [(8, 8)] * 2
+    assert scales == [4.0] * 3 + [1.0] * 2  # by default at the SNR a 2x2 average of the full-size x_t has
+    scales.clear()
+    train(make_experiment("plain", steps=2, half_res_steps=1, half_res_snr_scale=1.0, checkpoint_every=2),
+          progress=False)
+    assert scales == [1.0, 1.0]
 
 
 def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_raw, tmp_path):

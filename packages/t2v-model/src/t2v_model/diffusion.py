@@ -202,6 +202,7 @@ class GaussianDiffusion:
         prior_fraction: float = 0.0,
         loss: str = "l2",
         min_snr_gamma: float | None = None,
+        snr_scale: float = 1.0,
         reduce: bool = True,
     ) -> torch.Tensor:
         """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)` (with
@@ -209,7 +210,12 @@ class GaussianDiffusion:
 
         Unless given, t comes from `sample_timesteps(prior_fraction=...)` and eps ~ N(0, I). `drop_text` (B,) bool
         marks the samples trained with the null caption (classifier-free guidance); the caller draws it. `loss` is
-        "l1" or "l2" on the prediction target; `min_snr_gamma` weights each sample by `min_snr_weight`."""
+        "l1" or "l2" on the prediction target; `min_snr_gamma` weights each sample by `min_snr_weight`.
+
+        `snr_scale` noises x_0 at `snr_scale` times the schedule's SNR at t while the model is still told t. Averaging
+        k x k pixels divides the noise variance by k^2: a clip trained at 1/k of its size with snr_scale k^2 sees at
+        each t what the full-size clip shows at that scale (Hoogeboom et al. 2023, "simple diffusion"): what it learns
+        there of layout and direction is what the same weights need at full size."""
         if loss not in ("l1", "l2"):
             raise ValueError(f"loss: unknown {loss!r} (l1 | l2)")
         b, device = x0.shape[0], x0.device
@@ -217,24 +223,30 @@ class GaussianDiffusion:
             t = self.sample_timesteps(b, device, generator, prior_fraction)
         if noise is None:
             noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-        xt = self.q_sample(x0, t, noise)
+        if snr_scale == 1.0:
+            xt, v = self.q_sample(x0, t, noise), None
+        else:  # abar' / (1 - abar') = snr_scale * abar / (1 - abar)
+            abar = self.extract("alphas_cumprod", t, x0.ndim)
+            abar = snr_scale * abar / (1.0 + (snr_scale - 1.0) * abar)
+            a, sigma = abar.sqrt(), (1.0 - abar).sqrt()
+            xt, v = a * x0 + sigma * noise, a * noise - sigma * x0
         out = model(xt, t, text, tokens=tokens, token_mask=token_mask, drop_text=drop_text)
         if self.config.prediction == "eps":
             target = noise
         elif self.config.prediction == "x0":
             target = x0
         else:
-            target = self.v_target(x0, t, noise)
+            target = self.v_target(x0, t, noise) if v is None else v
         err = out.float() - target.float()
         per_sample = (err.abs() if loss == "l1" else err.square()).flatten(1).mean(1)
         if min_snr_gamma is not None:
-            per_sample = per_sample * self.min_snr_weight(t, min_snr_gamma)
+            per_sample = per_sample * self.min_snr_weight(t, min_snr_gamma, snr_scale)
         return per_sample.mean() if reduce else per_sample
 
-    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    def min_snr_weight(self, t: torch.Tensor, gamma: float, snr_scale: float = 1.0) -> torch.Tensor:
         """The weight min(SNR, gamma) of the x_0 loss (Hang et al. 2023), carried over to the chosen target: the eps
         loss is SNR times the x_0 loss and the v loss (SNR + 1) times it, so their weights divide by that factor."""
-        snr = self._get("snr", t.device)[t.long()]
+        snr = self._get("snr", t.device)[t.long()] * snr_scale
         clipped = snr.clamp(max=gamma)
         pred = self.config.prediction
         if pred == "eps":

@@ -87,6 +87,9 @@ class TrainConfig:
     # learns colour, layout and motion, leaving the full-size steps for the shapes' detail (low-resolution
     # pretraining, as Stable Diffusion's 256 -> 512; docs/model.md, "Half-size steps first")
     half_res_steps: int = 0
+    # their noise at this times the SNR of t: 4 = what the 2x2-averaged full-size x_t shows (the net learns the
+    # direction of motion where it will need it); 1 = the plain schedule (docs/model.md, "Half-size steps first")
+    half_res_snr_scale: float = 4.0
 
     def validate(self) -> None:
         check_device(self.device)
@@ -109,6 +112,8 @@ class TrainConfig:
         for key in ("null_cond_prob", "prior_fraction"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be in [0, 1), got {getattr(self, key)}")
+        if not self.half_res_snr_scale > 0:
+            raise ConfigError(f"half_res_snr_scale: must be positive, got {self.half_res_snr_scale}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ConfigError(f"min_snr_gamma: must be positive or null, got {self.min_snr_gamma}")
         if self.prior_fraction_end is not None and not 0 <= self.prior_fraction_end < 1:

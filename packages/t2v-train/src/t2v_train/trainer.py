@@ -377,7 +377,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = next(batches)
             x0, cond = to_model_input(batch["video"], dev), text_inputs(batch, dev)
-            if self.step < cfg.half_res_steps:
+            half = self.step < cfg.half_res_steps
+            if half:
                 x0 = torch.nn.functional.avg_pool3d(x0, (1, 2, 2))
             # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
             drop = torch.rand(len(x0), device=dev, generator=self.generator) < cfg.null_cond_prob
@@ -385,7 +386,8 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
                 loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator,
                                                     prior_fraction=prior, loss=cfg.loss,
-                                                    min_snr_gamma=cfg.min_snr_gamma)
+                                                    min_snr_gamma=cfg.min_snr_gamma,
+                                                    snr_scale=cfg.half_res_snr_scale if half else 1.0)
                 loss = loss / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
