@@ -370,6 +370,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         lr = lr_at(self.step, cfg)
         prior = prior_fraction_at(self.step, cfg.prior_fraction, cfg.prior_fraction_end, cfg.steps)
+        half = self.step < cfg.half_res_steps
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -377,7 +378,6 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = next(batches)
             x0, cond = to_model_input(batch["video"], dev), text_inputs(batch, dev)
-            half = self.step < cfg.half_res_steps
             if half:
                 x0 = torch.nn.functional.avg_pool3d(x0, (1, 2, 2))
             # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
