@@ -249,6 +249,10 @@ def test_snr_scale_sees_the_full_size_noisy_clip_average_pooled():
     assert torch.allclose(loss, v.square().flatten(1).mean(1), atol=1e-5)
     assert torch.allclose(d.training_loss(Spy(), half, None, t=t, noise=eps_half, snr_scale=1.0, reduce=False),
                           d.v_target(half, t, eps_half).square().flatten(1).mean(1))
+    plain = d.training_loss(Spy(), half, None, t=t, noise=eps_half, snr_scale=1.0, reduce=False)
+    each = d.training_loss(Spy(), half, None, t=t, noise=eps_half, snr_scale=torch.tensor([4.0, 1.0, 4.0]),
+                           reduce=False)  # a scale per sample
+    assert torch.allclose(each, torch.stack([loss[0], plain[1], loss[2]]))
 
 
 def test_dynamic_thresholding():

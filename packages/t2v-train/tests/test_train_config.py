@@ -32,6 +32,7 @@ import train as train_cli  # noqa: E402
     ("min_snr_gamma", -1, "train.min_snr_gamma: must be positive"),
     ("half_res_steps", -1, "train.half_res_steps: must be >= 0"),
     ("half_res_snr_scale", 0, "train.half_res_snr_scale: must be positive"),
+    ("half_res_snr_where", "late", "train.half_res_snr_where: must be one of 'prior', 'all'"),
     ("loss", "huber", "train.loss: must be one of"),
     ("sample_sampler", "euler", "train.sample_sampler: must be one of 'ddim', 'ddpm', 'dpm\\+\\+', got 'euler'"),
 ])
@@ -146,20 +147,34 @@ def test_half_res_steps_train_on_half_size_clips_first(make_experiment, monkeypa
         return forward(self, x, *args, **kwargs)
 
     monkeypatch.setattr(unet.Unet3D, "forward", recording)
-    scales, loss = [], GaussianDiffusion.training_loss
+    calls, loss = [], GaussianDiffusion.training_loss
 
     def spy(self, *args, **kwargs):
-        scales.append(kwargs["snr_scale"])
+        calls.append((kwargs["t"], kwargs["snr_scale"]))
         return loss(self, *args, **kwargs)
 
+    def scales():
+        out = [s.tolist() if torch.is_tensor(s) else s for _, s in calls]
+        calls.clear()
+        return out
+
     monkeypatch.setattr(GaussianDiffusion, "training_loss", spy)
-    train(make_experiment(steps=5, half_res_steps=3, checkpoint_every=5), progress=False)
+    # half the batch at the prior's t: both kinds of sample in a step of 8
+    run = dict(steps=5, half_res_steps=3, checkpoint_every=5, batch_size=8, prior_fraction=0.5)
+    train(make_experiment(**run), progress=False)
     assert sizes == [(4, 4)] * 3 + [(8, 8)] * 2
-    assert scales == [4.0] * 3 + [1.0] * 2  # by default at the SNR a 2x2 average of the full-size x_t has
-    scales.clear()
+    # by default the prior samples (t in the last 1%) at the SNR a 2x2 average of the full-size x_t has, the others
+    # and every full-size step on the plain schedule
+    half = calls[:3]
+    assert [t is None for t, _ in calls] == [False] * 3 + [True] * 2
+    assert all(torch.equal(s, torch.where(t >= 99, 4.0, 1.0)) for t, s in half)  # 100 timesteps: the last is 99
+    assert 0 < sum(int((t >= 99).sum()) for t, _ in half) < 24
+    assert scales()[3:] == [1.0, 1.0]
+    train(make_experiment("all", half_res_snr_where="all", **run), progress=False)
+    assert scales() == [[4.0] * 8] * 3 + [1.0] * 2
     train(make_experiment("plain", steps=2, half_res_steps=1, half_res_snr_scale=1.0, checkpoint_every=2),
           progress=False)
-    assert scales == [1.0, 1.0]
+    assert scales() == [1.0, 1.0]
 
 
 def test_cross_attention_needs_and_uses_token_shards(shards, token_shards, tiny_raw, tmp_path):

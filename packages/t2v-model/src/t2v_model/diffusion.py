@@ -173,6 +173,11 @@ class GaussianDiffusion:
         return x0.clamp(-s, s) / s
 
     # training
+    @property
+    def prior_start(self) -> int:
+        """The first of the last 1% of the timesteps, where `sample_timesteps` draws its prior samples."""
+        return self.num_timesteps - max(1, self.num_timesteps // 100)
+
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
                          prior_fraction: float = 0.0):
         """t ~ U{0..T-1}; with `prior_fraction` p, a fraction p of them instead ~ U over the last 1% of the timesteps.
@@ -180,9 +185,8 @@ class GaussianDiffusion:
         In a small video a large object can be located from x_t almost to the end of the schedule, so uniform t
         hardly trains this."""
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-        n = self.num_timesteps
         if prior_fraction > 0:
-            late = torch.randint(n - max(1, n // 100), n, (batch,), device=device, generator=generator)
+            late = torch.randint(self.prior_start, self.num_timesteps, (batch,), device=device, generator=generator)
             pick = torch.rand(batch, device=device, generator=generator) < prior_fraction
             t = torch.where(pick, late, t)
         return t
@@ -202,7 +206,7 @@ class GaussianDiffusion:
         prior_fraction: float = 0.0,
         loss: str = "l2",
         min_snr_gamma: float | None = None,
-        snr_scale: float = 1.0,
+        snr_scale: float | torch.Tensor = 1.0,
         reduce: bool = True,
     ) -> torch.Tensor:
         """Mean loss over the batch for denoiser `model(x_t, t, text, tokens, token_mask, drop_text)` (with
@@ -215,7 +219,7 @@ class GaussianDiffusion:
         `snr_scale` noises x_0 at `snr_scale` times the schedule's SNR at t while the model is still told t. Averaging
         k x k pixels divides the noise variance by k^2: a clip trained at 1/k of its size with snr_scale k^2 sees at
         each t what the full-size clip shows at that scale (Hoogeboom et al. 2023, "simple diffusion"): what it learns
-        there of layout and direction is what the same weights need at full size."""
+        there of layout and direction is what the same weights need at full size. A (B,) tensor scales each sample."""
         if loss not in ("l1", "l2"):
             raise ValueError(f"loss: unknown {loss!r} (l1 | l2)")
         b, device = x0.shape[0], x0.device
@@ -223,11 +227,12 @@ class GaussianDiffusion:
             t = self.sample_timesteps(b, device, generator, prior_fraction)
         if noise is None:
             noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-        if snr_scale == 1.0:
+        if not torch.is_tensor(snr_scale) and snr_scale == 1.0:
             xt, v = self.q_sample(x0, t, noise), None
         else:  # abar' / (1 - abar') = snr_scale * abar / (1 - abar)
             abar = self.extract("alphas_cumprod", t, x0.ndim)
-            abar = snr_scale * abar / (1.0 + (snr_scale - 1.0) * abar)
+            s = snr_scale.reshape(-1, *[1] * (x0.ndim - 1)) if torch.is_tensor(snr_scale) else snr_scale
+            abar = s * abar / (1.0 + (s - 1.0) * abar)
             a, sigma = abar.sqrt(), (1.0 - abar).sqrt()
             xt, v = a * x0 + sigma * noise, a * noise - sigma * x0
         out = model(xt, t, text, tokens=tokens, token_mask=token_mask, drop_text=drop_text)
@@ -243,7 +248,7 @@ class GaussianDiffusion:
             per_sample = per_sample * self.min_snr_weight(t, min_snr_gamma, snr_scale)
         return per_sample.mean() if reduce else per_sample
 
-    def min_snr_weight(self, t: torch.Tensor, gamma: float, snr_scale: float = 1.0) -> torch.Tensor:
+    def min_snr_weight(self, t: torch.Tensor, gamma: float, snr_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """The weight min(SNR, gamma) of the x_0 loss (Hang et al. 2023), carried over to the chosen target: the eps
         loss is SNR times the x_0 loss and the v loss (SNR + 1) times it, so their weights divide by that factor."""
         snr = self._get("snr", t.device)[t.long()] * snr_scale

@@ -90,6 +90,9 @@ class TrainConfig:
     # their noise at this times the SNR of t: 4 = what the 2x2-averaged full-size x_t shows (the net learns the
     # direction of motion where it will need it); 1 = the plain schedule (docs/model.md, "Half-size steps first")
     half_res_snr_scale: float = 4.0
+    # where: "prior" = only at the prior samples' t (the last 1%, where the direction is decided; every other t on the
+    # plain schedule, which keeps the shapes), "all" = every t
+    half_res_snr_where: Literal["prior", "all"] = "prior"
 
     def validate(self) -> None:
         check_device(self.device)

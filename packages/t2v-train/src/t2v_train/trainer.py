@@ -382,12 +382,17 @@ class Trainer:
                 x0 = torch.nn.functional.avg_pool3d(x0, (1, 2, 2))
             # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
             drop = torch.rand(len(x0), device=dev, generator=self.generator) < cfg.null_cond_prob
+            t, snr_scale = None, 1.0
+            if half and cfg.half_res_snr_scale != 1.0:
+                t = self.diffusion.sample_timesteps(len(x0), dev, self.generator, prior)
+                at = torch.ones_like(t, dtype=torch.bool) if cfg.half_res_snr_where == "all" else \
+                    t >= self.diffusion.prior_start
+                snr_scale = torch.where(at, cfg.half_res_snr_scale, 1.0)
             sync = micro == cfg.grad_accum - 1 or not self.d.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
-                loss = self.diffusion.training_loss(self.net, x0, **cond, drop_text=drop, generator=self.generator,
-                                                    prior_fraction=prior, loss=cfg.loss,
-                                                    min_snr_gamma=cfg.min_snr_gamma,
-                                                    snr_scale=cfg.half_res_snr_scale if half else 1.0)
+                loss = self.diffusion.training_loss(self.net, x0, **cond, t=t, drop_text=drop,
+                                                    generator=self.generator, prior_fraction=prior, loss=cfg.loss,
+                                                    min_snr_gamma=cfg.min_snr_gamma, snr_scale=snr_scale)
                 loss = loss / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
