@@ -383,11 +383,10 @@ class Trainer:
             # classifier-free guidance: these samples train the null caption (drawn here and nowhere else)
             drop = torch.rand(len(x0), device=dev, generator=self.generator) < cfg.null_cond_prob
             t, snr_scale = None, 1.0
-            if half and cfg.half_res_snr_scale != 1.0:
+            if half and cfg.half_res_snr_scale != 1.0:  # t drawn here, as training_loss would, to scale by it
                 t = self.diffusion.sample_timesteps(len(x0), dev, self.generator, prior)
-                at = torch.ones_like(t, dtype=torch.bool) if cfg.half_res_snr_where == "all" else \
-                    t >= self.diffusion.prior_start
-                snr_scale = torch.where(at, cfg.half_res_snr_scale, 1.0)
+                first = 0 if cfg.half_res_snr_where == "all" else self.diffusion.prior_start
+                snr_scale = torch.where(t >= first, cfg.half_res_snr_scale, 1.0)
             sync = micro == cfg.grad_accum - 1 or not self.d.enabled
             with (contextlib.nullcontext() if sync else self.net.no_sync()), self.autocast():
                 loss = self.diffusion.training_loss(self.net, x0, **cond, t=t, drop_text=drop,
